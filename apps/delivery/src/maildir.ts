@@ -1,0 +1,78 @@
+/**
+ * maildir: local delivery into <root>/<domain>/<localpart>/{tmp,new,cur}, with Maildir's rule: write
+ * under tmp/, fsync, rename into new/, fsync new/ (group-committed). Adds Return-Path and
+ * Delivered-To on top, as Postfix's local and virtual agents do.
+ */
+import crypto from 'node:crypto';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { syncDir } from '@moat/spool';
+
+/** Splits a recipient into its mailbox folder parts; the local part is lower-cased and made path-safe. */
+export function mailboxPath(root: string, address: string): { domain: string; local: string; dir: string } {
+  const at = address.lastIndexOf('@');
+  const rawLocal = at < 0 ? address : address.slice(0, at);
+  const domain = (at < 0 ? '' : address.slice(at + 1)).toLowerCase().replace(/\.$/, '');
+  const local = rawLocal
+    .toLowerCase()
+    .replace(/^"(.*)"$/, '$1')
+    .replace(/[^a-z0-9!#$&'*+=?^_`{|}~.-]|^\./g, (c) => `%${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  const safeDomain = domain.replace(/[^a-z0-9.-]|^\./g, '_');
+  return { domain: safeDomain, local: local || '%00', dir: path.join(root, safeDomain, local || '%00') };
+}
+
+const created = new Set<string>();
+
+async function ensureMaildir(dir: string): Promise<void> {
+  if (created.has(dir)) return;
+  await Promise.all(
+    ['tmp', 'new', 'cur'].map((d) => fsp.mkdir(path.join(dir, d), { recursive: true, mode: 0o700 })),
+  );
+  created.add(dir);
+}
+
+let seq = 0;
+
+function uniqueName(hostname: string, size: number): string {
+  const now = Date.now();
+  const usec = String(now % 1000).padStart(3, '0') + crypto.randomInt(0, 1000).toString().padStart(3, '0');
+  return `${Math.floor(now / 1000)}.M${usec}P${process.pid}Q${++seq}.${hostname.replace(/[/:]/g, '_')},S=${size}`;
+}
+
+export interface MaildirDelivery {
+  file: string;
+  bytes: number;
+}
+
+/** Delivers one copy. `message()` must give a fresh stream of the message each call. */
+export async function deliverToMaildir(opts: {
+  root: string;
+  hostname: string;
+  recipient: string;
+  sender: string;
+  message: () => Readable;
+  size: number;
+}): Promise<MaildirDelivery> {
+  const { dir } = mailboxPath(opts.root, opts.recipient);
+  await ensureMaildir(dir);
+  const head = Buffer.from(`Return-Path: <${opts.sender}>\r\nDelivered-To: ${opts.recipient}\r\n`, 'utf8');
+  const size = head.length + opts.size;
+  const name = uniqueName(opts.hostname, size);
+  const tmp = path.join(dir, 'tmp', name);
+  const final = path.join(dir, 'new', name);
+  const handle = await fsp.open(tmp, 'wx', 0o600);
+  let ok = false;
+  try {
+    await handle.write(head);
+    for await (const chunk of opts.message()) await handle.write(chunk as Buffer);
+    await handle.sync();
+    ok = true;
+  } finally {
+    await handle.close();
+    if (!ok) await fsp.rm(tmp, { force: true });
+  }
+  await fsp.rename(tmp, final);
+  await syncDir(path.join(dir, 'new'));
+  return { file: final, bytes: size };
+}

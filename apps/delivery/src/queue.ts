@@ -1,0 +1,176 @@
+/**
+ * queue: delivery's durable queue, owned by this replica (Postfix's incoming/active/deferred, small).
+ *
+ *   active/<id>    written durably before the 250 (envelope line + message), delivered at once;
+ *   deferred/<id>  what could not be delivered yet (for now: recipients in other domains, since relaying
+ *                  comes with the delivery issue), retried every queueRunDelay.
+ *
+ * A message leaves active/ only after every local copy is durable in its Maildir. At start-up whatever
+ * is left in active/ (a crash between the 250 and the Maildir) is delivered again: at least once.
+ */
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from '@moat/log';
+import {
+  messageStream,
+  readEnvelopeHead,
+  removeDurable,
+  writeEnvelopeFile,
+  type EnvelopeFileHead,
+} from '@moat/spool';
+import type { ClientInfo } from '@moat/smtp-listener';
+import { deliverToMaildir } from './maildir.js';
+
+export interface QueueHead extends EnvelopeFileHead {
+  from: string;
+  rcpt: string[];
+  client: ClientInfo;
+  arrived: number;
+  /** Set on deferred files. */
+  reason?: string;
+  attempts?: number;
+}
+
+export interface QueueOptions {
+  dir: string;
+  maildir: string;
+  domains: readonly string[];
+  hostname: string;
+  runDelayMs: number;
+  logger: Logger;
+  /** Deliveries in parallel. */
+  concurrency?: number;
+}
+
+function domainOf(address: string): string {
+  const at = address.lastIndexOf('@');
+  return at < 0
+    ? ''
+    : address
+        .slice(at + 1)
+        .toLowerCase()
+        .replace(/\.$/, '');
+}
+
+export class Queue {
+  readonly active: string;
+  readonly deferred: string;
+  #running = 0;
+  #waiting: (() => void)[] = [];
+  #timer: NodeJS.Timeout | undefined;
+  #inflight = new Set<Promise<void>>();
+  readonly #local: Set<string>;
+
+  constructor(readonly o: QueueOptions) {
+    this.active = path.join(o.dir, 'active');
+    this.deferred = path.join(o.dir, 'deferred');
+    this.#local = new Set(o.domains.map((d) => d.toLowerCase()));
+  }
+
+  async init(): Promise<void> {
+    await fsp.mkdir(this.active, { recursive: true });
+    await fsp.mkdir(this.deferred, { recursive: true });
+    const leftovers = (await fsp.readdir(this.active)).filter((n) => !n.startsWith('.'));
+    for (const name of await fsp.readdir(this.active)) {
+      if (name.startsWith('.')) await fsp.rm(path.join(this.active, name), { force: true }); // half-written temp files
+    }
+    if (leftovers.length)
+      this.o.logger.info({ count: leftovers.length }, 'recovering messages left in the active queue');
+    for (const id of leftovers) this.schedule(id);
+    this.#timer = setInterval(() => void this.#runDeferred(), this.o.runDelayMs);
+    this.#timer.unref();
+  }
+
+  isLocal(address: string): boolean {
+    return address.toLowerCase() === 'postmaster' || this.#local.has(domainOf(address));
+  }
+
+  /** Writes the message durably into active/; resolves only when it is safe on disk. */
+  async enqueue(head: QueueHead, message: readonly (Buffer | AsyncIterable<Buffer>)[]): Promise<number> {
+    const { bytes } = await writeEnvelopeFile(this.active, head, message);
+    return bytes;
+  }
+
+  /** Delivers a queued message in the background. */
+  schedule(id: string): void {
+    const p = this.#withSlot(() => this.#deliver(id)).catch((err: unknown) =>
+      this.o.logger.error({ id, err }, 'delivery failed; message stays in the active queue until restart'),
+    );
+    this.#inflight.add(p);
+    void p.finally(() => this.#inflight.delete(p));
+  }
+
+  async #withSlot<T>(fn: () => Promise<T>): Promise<T> {
+    const max = this.o.concurrency ?? 32;
+    if (this.#running >= max) await new Promise<void>((r) => this.#waiting.push(r));
+    this.#running++;
+    try {
+      return await fn();
+    } finally {
+      this.#running--;
+      this.#waiting.shift()?.();
+    }
+  }
+
+  async #deliver(id: string): Promise<void> {
+    const file = path.join(this.active, id);
+    const { head, bodyOffset, size } = await readEnvelopeHead<QueueHead>(file);
+    const remote: string[] = [];
+    for (const rcpt of head.rcpt) {
+      if (!this.isLocal(rcpt)) {
+        remote.push(rcpt);
+        continue;
+      }
+      const recipient = rcpt.includes('@') ? rcpt : `${rcpt}@${this.o.domains[0] ?? this.o.hostname}`;
+      const done = await deliverToMaildir({
+        root: this.o.maildir,
+        hostname: this.o.hostname,
+        recipient,
+        sender: head.from,
+        message: () => messageStream(file, bodyOffset),
+        size: size - bodyOffset,
+      });
+      this.o.logger.info(
+        {
+          id,
+          to: recipient,
+          relay: 'maildir',
+          delay: (Date.now() - head.arrived) / 1000,
+          file: done.file,
+          status: 'sent',
+        },
+        'delivered',
+      );
+    }
+    if (remote.length) {
+      const deferredHead: QueueHead = {
+        ...head,
+        rcpt: remote,
+        reason: 'relaying to other domains is not enabled',
+        attempts: 1,
+      };
+      await writeEnvelopeFile(this.deferred, deferredHead, [messageStream(file, bodyOffset)]);
+      for (const to of remote) {
+        this.o.logger.warn({ id, to, status: 'deferred', reason: deferredHead.reason }, 'deferred');
+      }
+    }
+    await removeDurable(file);
+  }
+
+  async #runDeferred(): Promise<void> {
+    const names = (await fsp.readdir(this.deferred).catch(() => [] as string[])).filter(
+      (n) => !n.startsWith('.'),
+    );
+    if (names.length)
+      this.o.logger.info(
+        { count: names.length },
+        'deferred queue: nothing can deliver these yet (no relay transport)',
+      );
+  }
+
+  /** Waits for deliveries in progress (on stop). */
+  async drain(): Promise<void> {
+    clearInterval(this.#timer);
+    await Promise.allSettled([...this.#inflight]);
+  }
+}

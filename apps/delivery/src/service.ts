@@ -1,0 +1,91 @@
+/**
+ * service: delivery on 10025, Postfix's reinjection smtpd and queue. No checks at all: mail that
+ * reached it has been judged. Answers 250 only once the message is durable in the queue.
+ */
+import { internalSizeLimit, type MoatConfig } from '@moat/config';
+import type { Logger } from '@moat/log';
+import type { RunningService } from '@moat/service';
+import { createListener, reply, receivedHeader, type Reply } from '@moat/smtp-listener';
+import { Queue } from './queue.js';
+
+export const deliveryReplies = {
+  queued: (id: string) => reply(250, '2.0.0', `Ok: queued as ${id}`),
+  queueWriteError: () => reply(451, '4.3.0', 'Error: queue file write error'),
+} as const;
+
+export async function startDelivery(config: Readonly<MoatConfig>, logger: Logger): Promise<RunningService> {
+  const c = config.delivery;
+  const queue = new Queue({
+    dir: c.queueDir,
+    maildir: c.maildir,
+    domains: config.domains,
+    hostname: config.hostname,
+    runDelayMs: c.queueRunDelay,
+    logger,
+  });
+  await queue.init();
+
+  const listener = await createListener({
+    service: 'delivery',
+    hostname: config.hostname,
+    listen: c.listen,
+    peers: c.peers,
+    xforward: true,
+    messageSizeLimit: internalSizeLimit(config),
+    logger,
+    handlers: {
+      async data(body, tx, session): Promise<Reply> {
+        const client = session.client();
+        const rcpt = tx.rcptTo.map((r) => r.address);
+        const received = receivedHeader({
+          client,
+          by: config.hostname,
+          service: 'delivery',
+          with: 'ESMTP',
+          id: tx.id,
+          recipients: rcpt,
+        });
+        let bytes: number;
+        try {
+          bytes = await queue.enqueue(
+            { v: 1, id: tx.id, from: tx.mailFrom.address, rcpt, client, arrived: tx.startedAt },
+            [received, body],
+          );
+        } catch (err) {
+          if (body.destroyed && !body.readableEnded) {
+            logger.info(
+              { id: tx.id, client: client.address },
+              'client went away during DATA; nothing queued',
+            );
+          } else {
+            logger.error({ id: tx.id, err }, 'queue write failed');
+          }
+          return deliveryReplies.queueWriteError();
+        }
+        const r = deliveryReplies.queued(tx.id);
+        logger.info(
+          {
+            id: tx.id,
+            ident: client.ident,
+            client: client.address,
+            from: tx.mailFrom.address,
+            to: rcpt,
+            size: bytes,
+            reply: `${r.code} ${r.lines[0]}`,
+          },
+          'queued',
+        );
+        queue.schedule(tx.id);
+        return r;
+      },
+    },
+  });
+  logger.info({ listen: `${listener.address.host}:${listener.address.port}` }, 'listening');
+
+  return {
+    async stop() {
+      await listener.close();
+      await queue.drain();
+    },
+  };
+}

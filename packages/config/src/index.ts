@@ -1,0 +1,19 @@
+/**
+ * @moat/config: the one configuration of every Moat service. See load.ts for the rules and
+ * sections/ for every key with its default and meaning.
+ */
+export { ConfigError, loadConfig, type LoadOptions, type LoadedConfig } from './load.js';
+export { connectAddress, derive, internalSizeLimit, schema, type MoatConfig } from './schema.js';
+export { envName } from './env.js';
+export { printConfig, maskSecrets } from './print.js';
+export {
+  formatDuration,
+  formatHostPort,
+  NetworkList,
+  normalizeIp,
+  parseCidr,
+  parseDuration,
+  parseHostPort,
+  parseSize,
+  type HostPort,
+} from './units.js';

@@ -1,0 +1,88 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from './load.js';
+import { envName } from './env.js';
+import { printConfig } from './print.js';
+
+function tmpFile(text: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moat-config-'));
+  const file = path.join(dir, 'moat.yaml');
+  fs.writeFileSync(file, text);
+  return file;
+}
+
+describe('loadConfig', () => {
+  it('uses built-in defaults when the file is absent, with derived next hops', () => {
+    const { config, fileExists } = loadConfig({ file: '/nonexistent/moat.yaml', env: {} });
+    expect(fileExists).toBe(false);
+    expect(config.screen.listen).toBe('0.0.0.0:2525');
+    expect(config.screen.next).toEqual(['127.0.0.1:10023']);
+    expect(config.greylist.next).toEqual(['127.0.0.1:10024']);
+    expect(config.filter.next).toEqual(['127.0.0.1:10025']);
+    expect(config.filter.quarantine).toEqual(['127.0.0.1:10026']);
+    expect(config.greylist.messageSizeLimit).toBe(50 * 1024 * 1024);
+    expect(config.greylist.nextTimeout).toBe(100_000);
+    expect(config.delivery.maildir).toBe(path.resolve('./data/mail'));
+    expect(Object.isFrozen(config.greylist)).toBe(true);
+  });
+
+  it('reads the file and lets MOAT_* variables override any key', () => {
+    const file = tmpFile(
+      'hostname: mx.example.test\ndomains: [example.test]\ngreylist:\n  listen: 127.0.0.1:20023\n',
+    );
+    const { config, overrides } = loadConfig({
+      file,
+      env: {
+        MOAT_DOMAINS: 'a.test, b.test',
+        MOAT_GREYLIST_NEXT_TIMEOUT: '7s',
+        MOAT_GREYLIST_RECIPIENT_LIMIT: '5',
+      },
+    });
+    expect(config.hostname).toBe('mx.example.test');
+    expect(config.domains).toEqual(['a.test', 'b.test']);
+    expect(config.greylist.nextTimeout).toBe(7000);
+    expect(config.greylist.recipientLimit).toBe(5);
+    expect(config.screen.next).toEqual(['127.0.0.1:20023']);
+    expect(overrides.map((o) => o.variable).sort()).toEqual([
+      'MOAT_DOMAINS',
+      'MOAT_GREYLIST_NEXT_TIMEOUT',
+      'MOAT_GREYLIST_RECIPIENT_LIMIT',
+    ]);
+  });
+
+  it('derives the variable names from key paths', () => {
+    expect(envName(['screen', 'dnsblSites'])).toBe('MOAT_SCREEN_DNSBL_SITES');
+    expect(envName(['dataDir'])).toBe('MOAT_DATA_DIR');
+  });
+
+  it('names the key and the problem, and the variable it came from', () => {
+    const file = tmpFile('greylist:\n  nextTimeout: soon\n  bogus: 1\n');
+    let err: unknown;
+    try {
+      loadConfig({ file, env: { MOAT_SCREEN_LISTEN: 'nowhere' } });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    const problems = (err as ConfigError).problems.join('\n');
+    expect(problems).toContain('greylist.nextTimeout: expected a duration like 300s, 5m or 1d, got "soon"');
+    expect(problems).toContain('greylist.bogus: unknown key');
+    expect(problems).toContain(
+      'screen.listen: expected host:port, e.g. 127.0.0.1:10024 (from MOAT_SCREEN_LISTEN)',
+    );
+  });
+
+  it('rejects YAML that is not a mapping', () => {
+    expect(() => loadConfig({ file: tmpFile('- a\n- b\n'), env: {} })).toThrow(/expected a mapping/);
+  });
+
+  it('prints the effective config with units and secrets masked', () => {
+    const { config } = loadConfig({ file: '/nonexistent', env: {} });
+    const text = printConfig({ ...config, dataDir: 'redis://u:hunter2@host/0' } as typeof config);
+    expect(text).toContain('nextTimeout: 100s');
+    expect(text).toContain('redis://u:********@host/0');
+    expect(text).not.toContain('hunter2');
+  });
+});

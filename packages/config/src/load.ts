@@ -1,0 +1,77 @@
+/**
+ * load: reads moat.yaml (path from MOAT_CONFIG, default ./moat.yaml, built-in defaults when it does
+ * not exist), applies MOAT_* overrides, validates, derives, freezes. Errors name every bad key (and
+ * the variable it came from) in one ConfigError; nothing else in Moat reads process.env for settings.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import YAML from 'yaml';
+import { applyEnv, type EnvOverride } from './env.js';
+import { derive, schema, type MoatConfig } from './schema.js';
+
+export class ConfigError extends Error {
+  constructor(
+    readonly problems: string[],
+    readonly source: string,
+  ) {
+    super(`invalid configuration (${source}):\n  ${problems.join('\n  ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export interface LoadOptions {
+  /** Defaults to process.env. */
+  env?: NodeJS.ProcessEnv;
+  /** Overrides MOAT_CONFIG. */
+  file?: string;
+}
+
+export interface LoadedConfig {
+  config: Readonly<MoatConfig>;
+  file: string;
+  fileExists: boolean;
+  overrides: EnvOverride[];
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}
+
+export function loadConfig(options: LoadOptions = {}): LoadedConfig {
+  const env = options.env ?? process.env;
+  const file = path.resolve(options.file ?? env.MOAT_CONFIG ?? './moat.yaml');
+  let raw: unknown = {};
+  let fileExists = false;
+  if (fs.existsSync(file)) {
+    fileExists = true;
+    try {
+      raw = YAML.parse(fs.readFileSync(file, 'utf8')) ?? {};
+    } catch (err) {
+      throw new ConfigError([`${file}: not valid YAML: ${(err as Error).message}`], file);
+    }
+    if (typeof raw !== 'object' || Array.isArray(raw)) {
+      throw new ConfigError([`${file}: expected a mapping of keys at the top level`], file);
+    }
+  }
+  const { raw: merged, overrides } = applyEnv(schema, raw as Record<string, unknown>, env);
+  const result = schema.safeParse(merged);
+  if (!result.success) {
+    const fromEnv = new Map(overrides.map((o) => [o.path.join('.'), o.variable]));
+    const problems = result.error.issues.map((issue) => {
+      const keys =
+        issue.code === 'unrecognized_keys'
+          ? issue.keys.map((k) => [...issue.path, k].join('.'))
+          : [issue.path.join('.') || '(top level)'];
+      const key = keys.join(', ');
+      const variable = fromEnv.get(issue.path.join('.'));
+      const message = issue.code === 'unrecognized_keys' ? 'unknown key' : issue.message;
+      return `${key}: ${message}${variable ? ` (from ${variable})` : ''}`;
+    });
+    throw new ConfigError(problems, fileExists ? file : 'built-in defaults and environment');
+  }
+  return { config: deepFreeze(derive(result.data)), file, fileExists, overrides };
+}

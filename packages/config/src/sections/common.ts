@@ -1,0 +1,50 @@
+/**
+ * common: the keys every service reads (identity, local domains, state, DNS, TLS, logging).
+ */
+import os from 'node:os';
+import { z } from 'zod';
+import { cidr, duration, hostPort } from '../units.js';
+
+export const LOOPBACK = ['127.0.0.0/8', '::1/128'];
+
+export const common = {
+  /** Used in banners, Received headers and X-* headers (Postfix: myhostname). */
+  hostname: z
+    .string()
+    .regex(/^[A-Za-z0-9.-]+$/, 'expected a host name like mx.example.test')
+    .default(os.hostname()),
+  /** Local domains: mail for these is accepted and delivered (Postfix: mydestination/virtual domains). */
+  domains: z
+    .array(
+      z
+        .string()
+        .regex(/^[A-Za-z0-9.-]+$/, 'expected a domain like example.test')
+        .transform((d) => d.toLowerCase()),
+    )
+    .default(['example.test']),
+  /** All embedded state lives under it (spools, queue, SQLite, generated TLS certificate). */
+  dataDir: z.string().min(1).default('./data'),
+  /** Networks treated as our own clients (Postfix: mynetworks), used by permit_mynetworks. */
+  mynetworks: z.array(cidr()).default(LOOPBACK),
+  dns: z
+    .strictObject({
+      /** Resolver addresses (host:port); empty = the system resolver. */
+      servers: z.array(hostPort()).default([]),
+      /** Per query. */
+      timeout: duration('5s'),
+    })
+    .prefault({}),
+  tls: z
+    .strictObject({
+      /** PEM certificate chain for STARTTLS; empty = a self-signed one generated under dataDir/tls. */
+      cert: z.string().default(''),
+      /** PEM private key for cert. */
+      key: z.string().default(''),
+    })
+    .prefault({}),
+  log: z
+    .strictObject({
+      level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    })
+    .prefault({}),
+};

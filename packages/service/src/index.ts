@@ -1,0 +1,80 @@
+/**
+ * @moat/service: the main() every Moat service shares.
+ *
+ *   runService('greylist', (config, logger) => startGreylist(config, logger));
+ *
+ * --print-config prints the effective configuration (secrets masked) and exits 0. An invalid
+ * configuration prints every bad key and exits 78 (EX_CONFIG) before anything listens. SIGTERM/SIGINT
+ * stop the service gracefully (listeners closed, open sessions given their grace period) and exit 0;
+ * a second signal exits at once. An uncaught error is logged and exits 70 so the launcher or the
+ * container runtime restarts a clean process.
+ */
+import { ConfigError, loadConfig, type MoatConfig, printConfig } from '@moat/config';
+import { createLogger, flushLogger, type Logger } from '@moat/log';
+
+export interface RunningService {
+  stop(): Promise<void>;
+}
+
+export type StartFn = (config: Readonly<MoatConfig>, logger: Logger) => Promise<RunningService>;
+
+export function runService(name: string, start: StartFn, argv = process.argv.slice(2)): void {
+  let loaded;
+  try {
+    loaded = loadConfig();
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`moat-${name}: ${err.message}\n`);
+      process.exit(78);
+    }
+    throw err;
+  }
+  if (argv.includes('--print-config')) {
+    process.stdout.write(printConfig(loaded.config));
+    process.exit(0);
+  }
+  const logger = createLogger(name, loaded.config.log.level);
+  process.on('uncaughtException', (err) => {
+    logger.fatal({ err }, 'uncaught exception');
+    flushLogger();
+    process.exit(70);
+  });
+  process.on('unhandledRejection', (err) => {
+    logger.fatal({ err }, 'unhandled rejection');
+    flushLogger();
+    process.exit(70);
+  });
+  start(loaded.config, logger).then(
+    (service) => {
+      let stopping = false;
+      const stop = (signal: string) => {
+        if (stopping) {
+          logger.warn({ signal }, 'second signal, exiting now');
+          flushLogger();
+          process.exit(1);
+        }
+        stopping = true;
+        logger.info({ signal }, 'stopping');
+        service.stop().then(
+          () => {
+            logger.info('stopped');
+            flushLogger();
+            process.exit(0);
+          },
+          (err: unknown) => {
+            logger.error({ err }, 'stop failed');
+            flushLogger();
+            process.exit(1);
+          },
+        );
+      };
+      process.on('SIGTERM', () => stop('SIGTERM'));
+      process.on('SIGINT', () => stop('SIGINT'));
+    },
+    (err: unknown) => {
+      logger.fatal({ err }, 'start failed');
+      flushLogger();
+      process.exit(1);
+    },
+  );
+}

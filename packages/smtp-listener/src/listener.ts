@@ -1,0 +1,406 @@
+/**
+ * listener: smtp-server wrapped once for every Moat hop.
+ *
+ * What it adds to smtp-server, each in one place:
+ *   - peers: a connection from outside `peers` gets 421 4.7.0 before anything is read (internal ports);
+ *   - PROXY v1 read from `proxyPeers` only (CIDR lists, not just exact addresses);
+ *   - XFORWARD accepted only when `xforward` is set (the port is already limited to its peers);
+ *   - no reverse DNS (disableReverseLookup): the chain never resolves, screen does it once at the edge;
+ *   - no fixed 100 ms early-talker wait before the banner (HopConnection.init): every Moat listener sits
+ *     behind screen (which runs the pregreet test) or another hop, where the wait only costs throughput
+ *     (smtp-server 3.21 has no option for it; see PERFORMANCE.md). Tested by the banner-latency test;
+ *   - TCP_NODELAY on every accepted socket;
+ *   - explicit replies: a reply text that already starts with an enhanced status code is sent as is
+ *     (HopConnection.send), so "550 5.7.1 ..." never becomes "550 5.1.1 5.7.1 ..."; multi-line replies
+ *     relayed from the next hop keep their lines; a handler that throws gets 451 4.3.0, never a 5xx;
+ *   - the body as a stream, line endings normalised by the one rule in line-endings.ts, with a byte
+ *     limit that stops the stream as soon as it is passed;
+ *   - transactions with a life cycle: `reset` is called once for every transaction that ends without
+ *     its DATA reply (RSET, HELO/EHLO, rejected MAIL, QUIT, disconnect), so hops can release what
+ *     they opened downstream.
+ */
+import net from 'node:net';
+import type { Readable } from 'node:stream';
+import { NetworkList, parseHostPort } from '@moat/config';
+import type { Logger } from '@moat/log';
+import {
+  SMTPServer,
+  type SMTPServerAddress,
+  type SMTPServerOptions,
+  type SMTPServerSession,
+} from 'smtp-server';
+import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
+import { LineEndingNormalizer, MessageTooBig } from './line-endings.js';
+import { type ClientInfo, newQueueId } from './received.js';
+import { listenerReplies, type Reply, SmtpError } from './replies.js';
+
+export type Address = SMTPServerAddress;
+
+export interface Transaction {
+  /** This hop's queue id for the message. */
+  readonly id: string;
+  readonly startedAt: number;
+  readonly client: ClientInfo;
+  readonly mailFrom: Address;
+  /** Accepted recipients so far. */
+  readonly rcptTo: Address[];
+  /** Per-transaction state owned by the service (a downstream connection, check results...). */
+  readonly state: Record<string, unknown>;
+}
+
+export interface HopSession {
+  readonly connectionId: string;
+  /** The socket's peer: the previous hop (or the client itself at the first hop). */
+  readonly peer: { address: string; port: number };
+  readonly secure: boolean;
+  client(): ClientInfo;
+  readonly raw: SMTPServerSession;
+}
+
+export interface DataInfo {
+  /** Lines whose bare CR or LF the listener normalised. */
+  bareLineEndings(): number;
+  /** Bytes received so far (after dot-unstuffing, before normalisation). */
+  bytes(): number;
+}
+
+export interface HopHandlers {
+  /** Return a reply >= 400 to refuse the session. */
+  connect?(session: HopSession): Promise<Reply | void> | Reply | void;
+  /** Return a reply >= 400 to refuse the sender; nothing to accept with 250 2.1.0. */
+  mailFrom?(tx: Transaction, session: HopSession): Promise<Reply | void> | Reply | void;
+  /** Return a reply >= 400 to refuse this recipient; nothing to accept with 250 2.1.5. */
+  rcptTo?(rcpt: Address, tx: Transaction, session: HopSession): Promise<Reply | void> | Reply | void;
+  /**
+   * The message. Resolve with the final reply; a 2xx reply means the message is safe with this hop
+   * (on disk, or acknowledged by the next hop). The body stream fails with MessageTooBig past the size
+   * limit, or with an error if the client disconnects: resolve or reject as you like then, the
+   * listener answers (552) or has no one to answer.
+   */
+  data(body: Readable, tx: Transaction, session: HopSession, info: DataInfo): Promise<Reply>;
+  /** The transaction ended without a DATA reply: release whatever it holds. Called at most once. */
+  reset?(tx: Transaction, session: HopSession, why: string): void;
+  close?(session: HopSession): void;
+}
+
+export interface ListenerOptions {
+  /** Service name, used in logs and Received headers. */
+  service: string;
+  hostname: string;
+  listen: string;
+  /** CIDRs allowed to connect; empty = anyone (the public port). */
+  peers: readonly string[];
+  /** CIDRs whose connections start with a PROXY v1 header. */
+  proxyPeers?: readonly string[];
+  /** Accept XFORWARD (from peers). */
+  xforward?: boolean;
+  /** Byte limit for a message (Postfix: message_size_limit). */
+  messageSizeLimit: number;
+  /** Recipients per transaction. */
+  recipientLimit?: number;
+  /** Idle time between commands. */
+  idleTimeoutMs?: number;
+  /** Grace period for open sessions on stop, then 421. */
+  closeTimeoutMs?: number;
+  /** STARTTLS; without it STARTTLS is not offered. */
+  tls?: { key: Buffer | string; cert: Buffer | string } | undefined;
+  logger: Logger;
+  handlers: HopHandlers;
+}
+
+const ENHANCED = /^[245]\.\d{1,3}\.\d{1,3}(?: |$)/;
+
+const UNAVAILABLE = /^\[?(UNAVAILABLE|TEMPUNAVAIL)\]?$/i;
+
+interface ConnectionInternals {
+  _server: HopServer;
+  _setListeners(cb: () => void): void;
+  connectionReady(): void;
+  send(code: number, data?: string | string[] | null, context?: string | false): void;
+  session: SMTPServerSession;
+}
+
+/** SMTPConnection without the fixed wait before the banner, and with explicit enhanced codes. */
+class HopConnection extends SMTPConnection {
+  override init(): void {
+    const self = this as unknown as ConnectionInternals;
+    self._setListeners(() => {
+      const max = self._server.options.maxClients;
+      if (max && self._server.connections.size > max) {
+        self.send(
+          421,
+          `${self._server.options.name} Too many connected clients, try again in a moment`,
+          false,
+        );
+        return;
+      }
+      self.connectionReady();
+    });
+  }
+
+  override send(code: number, data?: string | string[] | null, context?: string | false): void {
+    let payload = data;
+    if (typeof payload === 'string' && payload.includes('\n')) payload = payload.split('\n');
+    // smtp-server sends QUIT's reply without an enhanced code; Postfix's words are "221 2.0.0 Bye"
+    if (code === 221 && payload === 'Bye') payload = '2.0.0 Bye';
+    const first = Array.isArray(payload) ? payload[0] : payload;
+    const explicit = typeof first === 'string' && ENHANCED.test(first);
+    super.send(code, payload, explicit ? false : context);
+  }
+
+  override _resetSession(): void {
+    const self = this as unknown as ConnectionInternals;
+    if (self.session?.envelope) self._server.endTransaction(self.session, 'reset');
+    super._resetSession();
+  }
+}
+
+function toError(r: Reply): SmtpError {
+  return new SmtpError(r);
+}
+
+export class HopServer extends SMTPServer {
+  readonly #peers: NetworkList | undefined;
+  readonly #proxyPeers: NetworkList;
+  readonly #tx = new WeakMap<object, Transaction>();
+  readonly #sessions = new WeakMap<SMTPServerSession, HopSession>();
+
+  constructor(
+    readonly hop: ListenerOptions,
+    serverOptions: SMTPServerOptions,
+  ) {
+    super(serverOptions);
+    this.#peers = hop.peers.length ? new NetworkList(hop.peers) : undefined;
+    this.#proxyPeers = new NetworkList(hop.proxyPeers ?? []);
+  }
+
+  override connect(socket: net.Socket, socketOptions?: object | null): void {
+    socket.setNoDelay(true);
+    const connection = new HopConnection(this, socket, socketOptions as never);
+    this.connections.add(connection);
+    connection.on('error', (err: Error) => this.hop.logger.debug({ err: err.message }, 'connection error'));
+    connection.init();
+  }
+
+  override _expectsProxyHeader(socket: net.Socket): boolean {
+    return this.#proxyPeers.has(socket.remoteAddress ?? '');
+  }
+
+  override _handleProxy(
+    socket: net.Socket,
+    callback: (err: Error | null, socketOptions?: { id: string }) => void,
+  ): void {
+    const address = socket.remoteAddress ?? '';
+    if (this.#peers && !this.#peers.has(address)) {
+      const r = listenerReplies.notAPeer(address);
+      this.hop.logger.warn(
+        { peer: address, port: socket.remotePort, reply: `${r.code} ${r.lines[0]}` },
+        'refused: not a peer',
+      );
+      socket.on('error', () => undefined);
+      socket.end(`${r.code} ${r.lines[0]}\r\n`);
+      setTimeout(() => socket.destroy(), 1000).unref();
+      callback(new Error('not a peer'));
+      return;
+    }
+    super._handleProxy(socket, callback);
+  }
+
+  hopSession(raw: SMTPServerSession): HopSession {
+    let s = this.#sessions.get(raw);
+    if (!s) {
+      const internals = raw as SMTPServerSession & { xForward?: Map<string, string> };
+      s = {
+        connectionId: raw.id,
+        peer: { address: raw.remoteAddress, port: raw.remotePort },
+        get secure() {
+          return !!raw.secure;
+        },
+        client: (): ClientInfo => {
+          const xf = internals.xForward ?? new Map<string, string>();
+          const get = (k: string) => {
+            const v = xf.get(k);
+            return v === undefined ||
+              v === null ||
+              (v as unknown) === false ||
+              v === '' ||
+              UNAVAILABLE.test(String(v))
+              ? undefined
+              : String(v);
+          };
+          const name = get('NAME') ?? '';
+          return {
+            address: raw.remoteAddress,
+            port: Number(raw.remotePort) || 0,
+            name: name && !name.startsWith('[') ? name : 'unknown',
+            helo: get('HELO') ?? (raw.hostNameAppearsAs || ''),
+            proto: get('PROTO') ?? raw.transmissionType ?? 'SMTP',
+            ident: get('IDENT'),
+          };
+        },
+        raw,
+      };
+      this.#sessions.set(raw, s);
+    }
+    return s;
+  }
+
+  /** Ends the current transaction of a session if it did not reach its DATA reply. */
+  endTransaction(raw: SMTPServerSession, why: string): void {
+    const tx = this.#tx.get(raw.envelope);
+    if (!tx) return;
+    this.#tx.delete(raw.envelope);
+    try {
+      this.hop.handlers.reset?.(tx, this.hopSession(raw), why);
+    } catch (err) {
+      this.hop.logger.error({ err }, 'reset handler failed');
+    }
+  }
+
+  transaction(raw: SMTPServerSession): Transaction | undefined {
+    return this.#tx.get(raw.envelope);
+  }
+
+  beginTransaction(raw: SMTPServerSession, mailFrom: Address): Transaction {
+    this.endTransaction(raw, 'new MAIL');
+    const tx: Transaction = {
+      id: newQueueId(),
+      startedAt: Date.now(),
+      client: this.hopSession(raw).client(),
+      mailFrom,
+      rcptTo: [],
+      state: {},
+    };
+    this.#tx.set(raw.envelope, tx);
+    return tx;
+  }
+
+  /** Hands a transaction over to its DATA handler, so no reset is called for it. */
+  finishTransaction(raw: SMTPServerSession): void {
+    this.#tx.delete(raw.envelope);
+  }
+}
+
+export interface Listener {
+  readonly server: HopServer;
+  /** The bound address (port resolved when 0 was asked for). */
+  readonly address: { host: string; port: number };
+  /** Stops accepting, lets open sessions finish for closeTimeoutMs, then answers them 421. */
+  close(): Promise<void>;
+}
+
+/** Runs a handler, turning throws into 451 4.3.0 (never a 5xx for our own failure). */
+async function guarded(
+  logger: Logger,
+  what: string,
+  fn: () => Promise<Reply | void> | Reply | void,
+): Promise<Reply | void> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof SmtpError) return err.reply;
+    logger.error({ err, stage: what }, 'handler failed');
+    return listenerReplies.internalError();
+  }
+}
+
+export async function createListener(o: ListenerOptions): Promise<Listener> {
+  const { handlers, logger } = o;
+  const hp = parseHostPort(o.listen);
+  if (!hp) throw new Error(`listen: not host:port: ${o.listen}`);
+
+  const options: SMTPServerOptions = {
+    name: o.hostname,
+    logger: false,
+    disableReverseLookup: true,
+    authOptional: true,
+    disabledCommands: o.tls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
+    hideSTARTTLS: !o.tls,
+    ...(o.tls ? { key: o.tls.key, cert: o.tls.cert } : {}),
+    size: o.messageSizeLimit,
+    ...(o.recipientLimit ? { maxRecipients: o.recipientLimit } : {}),
+    useXForward: !!o.xforward,
+    useXClient: false,
+    socketTimeout: o.idleTimeoutMs ?? 300_000,
+    closeTimeout: o.closeTimeoutMs ?? 30_000,
+    onConnect(raw, cb) {
+      const session = server.hopSession(raw);
+      if (!handlers.connect) return cb();
+      void guarded(logger, 'connect', () => handlers.connect!(session)).then((r) =>
+        r && r.code >= 400 ? cb(toError(r)) : cb(),
+      );
+    },
+    onMailFrom(address, raw, cb) {
+      const session = server.hopSession(raw);
+      const tx = server.beginTransaction(raw, address);
+      void guarded(logger, 'mail', () => handlers.mailFrom?.(tx, session)).then((r) => {
+        if (r && r.code >= 400) {
+          server.endTransaction(raw, 'MAIL refused');
+          return cb(toError(r));
+        }
+        cb();
+      });
+    },
+    onRcptTo(address, raw, cb) {
+      const session = server.hopSession(raw);
+      const tx = server.transaction(raw);
+      if (!tx) return cb(toError(listenerReplies.internalError()));
+      void guarded(logger, 'rcpt', () => handlers.rcptTo?.(address, tx, session)).then((r) => {
+        if (r && r.code >= 400) return cb(toError(r));
+        tx.rcptTo.push(address);
+        cb();
+      });
+    },
+    onData(stream, raw, cb) {
+      const session = server.hopSession(raw);
+      const tx = server.transaction(raw);
+      const normalizer = new LineEndingNormalizer(o.messageSizeLimit);
+      const drain = () => {
+        // whatever the handler did, the rest of the message must still be read for the reply to go out
+        stream.unpipe(normalizer);
+        if (!stream.readableEnded) stream.resume();
+      };
+      stream.on('error', (err) => normalizer.destroy(err));
+      stream.pipe(normalizer);
+      normalizer.on('error', (err) => {
+        if (err instanceof MessageTooBig) drain();
+      });
+      if (!tx) {
+        drain();
+        return cb(toError(listenerReplies.internalError()));
+      }
+      // from here on the data handler alone owns the transaction (a disconnect shows as a body error)
+      server.finishTransaction(raw);
+      const info: DataInfo = {
+        bareLineEndings: () => normalizer.bareLineEndings,
+        bytes: () => normalizer.bytes,
+      };
+      void guarded(logger, 'data', () => handlers.data(normalizer, tx, session, info)).then((r) => {
+        drain();
+        const final = r ?? listenerReplies.internalError();
+        if (final.code >= 400) return cb(toError(final));
+        cb(null, final.lines.join('\n'));
+      });
+    },
+    onClose(raw) {
+      server.endTransaction(raw, 'disconnect');
+      handlers.close?.(server.hopSession(raw));
+    },
+  };
+  const server = new HopServer(o, options);
+  server.on('error', (err) => logger.error({ err }, 'listener error'));
+
+  await new Promise<void>((resolve, reject) => {
+    server.server.once('error', reject);
+    server.listen(hp.port, hp.host, () => {
+      server.server.off('error', reject);
+      resolve();
+    });
+  });
+  const bound = server.server.address() as net.AddressInfo;
+  return {
+    server,
+    address: { host: bound.address, port: bound.port },
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}

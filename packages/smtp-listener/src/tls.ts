@@ -1,0 +1,49 @@
+/**
+ * tls: the STARTTLS certificate. The configured tls.cert/tls.key when given; otherwise a self-signed
+ * certificate for the host name, generated once under <dataDir>/tls and reused across restarts
+ * (written with the durable-write rule, key mode 0600), so opportunistic TLS works out of the box.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import selfsigned from 'selfsigned';
+
+export interface TlsFiles {
+  key: Buffer;
+  cert: Buffer;
+  generated: boolean;
+}
+
+export async function ensureTlsCertificate(opts: {
+  cert: string;
+  key: string;
+  dataDir: string;
+  hostname: string;
+}): Promise<TlsFiles> {
+  if (opts.cert || opts.key) {
+    if (!opts.cert || !opts.key) throw new Error('tls.cert and tls.key must be given together');
+    return { cert: fs.readFileSync(opts.cert), key: fs.readFileSync(opts.key), generated: false };
+  }
+  const dir = path.join(opts.dataDir, 'tls');
+  const certFile = path.join(dir, 'selfsigned.crt');
+  const keyFile = path.join(dir, 'selfsigned.key');
+  if (fs.existsSync(certFile) && fs.existsSync(keyFile)) {
+    return { cert: fs.readFileSync(certFile), key: fs.readFileSync(keyFile), generated: false };
+  }
+  fs.mkdirSync(dir, { recursive: true });
+  const notAfter = new Date();
+  notAfter.setFullYear(notAfter.getFullYear() + 10);
+  const pems = await selfsigned.generate([{ name: 'commonName', value: opts.hostname }], {
+    keyType: 'ec',
+    curve: 'P-256',
+    algorithm: 'sha256',
+    notAfterDate: notAfter,
+    extensions: [{ name: 'subjectAltName', altNames: [{ type: 2, value: opts.hostname }] }],
+  });
+  // another replica may be generating at the same moment: write to unique names, rename into place
+  const suffix = `.${process.pid}.tmp`;
+  fs.writeFileSync(keyFile + suffix, pems.private, { mode: 0o600 });
+  fs.writeFileSync(certFile + suffix, pems.cert);
+  fs.renameSync(keyFile + suffix, keyFile);
+  fs.renameSync(certFile + suffix, certFile);
+  return { cert: fs.readFileSync(certFile), key: fs.readFileSync(keyFile), generated: true };
+}

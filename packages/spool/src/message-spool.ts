@@ -1,0 +1,111 @@
+/**
+ * message-spool: holds one message while a hop works on it (scanning, forwarding), re-readable as
+ * often as needed. Small messages stay in memory; past `memoryLimit` the message spills to a file in
+ * `dir`, so memory per message stays bounded whatever its size. Temporary: nothing here is fsynced.
+ */
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+
+let counter = 0;
+
+export class MessageSpool {
+  #chunks: Buffer[] = [];
+  #size = 0;
+  #file: string | undefined;
+  #handle: fsp.FileHandle | undefined;
+
+  private constructor(
+    private readonly dir: string,
+    private readonly memoryLimit: number,
+  ) {}
+
+  get size(): number {
+    return this.#size;
+  }
+
+  /** The spill file, when the message was too large for memory. */
+  get file(): string | undefined {
+    return this.#file;
+  }
+
+  /** Reads `source` to its end. A source error rejects and removes what was spooled. */
+  static async from(
+    source: AsyncIterable<Buffer>,
+    opts: { dir: string; memoryLimit: number },
+  ): Promise<MessageSpool> {
+    const spool = new MessageSpool(opts.dir, opts.memoryLimit);
+    try {
+      for await (const chunk of source) await spool.#add(chunk);
+      if (spool.#handle) {
+        await spool.#flushToFile();
+        await spool.#handle.close();
+        spool.#handle = undefined;
+      }
+      return spool;
+    } catch (err) {
+      await spool.dispose();
+      throw err;
+    }
+  }
+
+  static fromBuffer(buf: Buffer): MessageSpool {
+    const spool = new MessageSpool('', Infinity);
+    spool.#chunks = [buf];
+    spool.#size = buf.length;
+    return spool;
+  }
+
+  async #add(chunk: Buffer): Promise<void> {
+    this.#size += chunk.length;
+    this.#chunks.push(chunk);
+    if (this.#size > this.memoryLimit) {
+      if (!this.#handle) {
+        await fsp.mkdir(this.dir, { recursive: true });
+        this.#file = path.join(this.dir, `spool-${process.pid}-${Date.now()}-${++counter}`);
+        this.#handle = await fsp.open(this.#file, 'wx', 0o600);
+      }
+      if (this.#chunks.reduce((n, c) => n + c.length, 0) >= 256 * 1024) await this.#flushToFile();
+    }
+  }
+
+  async #flushToFile(): Promise<void> {
+    if (!this.#handle || !this.#chunks.length) return;
+    const buf = Buffer.concat(this.#chunks);
+    this.#chunks = [];
+    await this.#handle.write(buf);
+  }
+
+  /** The whole message in memory (only for messages that did not spill). */
+  buffer(): Buffer | undefined {
+    if (this.#file) return undefined;
+    return this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks);
+  }
+
+  /** A fresh stream of the message from its start. */
+  stream(opts: { start?: number; end?: number; highWaterMark?: number } = {}): Readable {
+    if (this.#file) {
+      return fs.createReadStream(this.#file, {
+        highWaterMark: opts.highWaterMark ?? 256 * 1024,
+        start: opts.start,
+        end: opts.end,
+      });
+    }
+    const all = this.buffer()!;
+    const slice = all.subarray(opts.start ?? 0, opts.end === undefined ? undefined : opts.end + 1);
+    return Readable.from([slice], { objectMode: false });
+  }
+
+  async dispose(): Promise<void> {
+    this.#chunks = [];
+    if (this.#handle) {
+      await this.#handle.close().catch(() => undefined);
+      this.#handle = undefined;
+    }
+    if (this.#file) {
+      await fsp.rm(this.#file, { force: true });
+      this.#file = undefined;
+    }
+  }
+}

@@ -1,0 +1,181 @@
+/**
+ * chain: runs Moat services as real processes (`node apps/<name>/dist/main.js`, the container's command)
+ * on free loopback ports with a generated moat.yaml, collects their JSON log lines, and stops them.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+import YAML from 'yaml';
+import { freePort, repoRoot, tmpDir, waitFor } from './net.js';
+
+export const SERVICES = ['delivery', 'quarantine', 'filter', 'greylist', 'screen'] as const;
+export type ServiceName = (typeof SERVICES)[number];
+
+export interface LogLine {
+  service: string;
+  level: string;
+  msg: string;
+  [key: string]: unknown;
+}
+
+export interface Ports {
+  screen: number;
+  greylist: number;
+  filter: number;
+  delivery: number;
+  quarantine: number;
+  http: number;
+}
+
+type Json = { [key: string]: unknown };
+
+function merge(a: Json, b: Json): Json {
+  const out: Json = { ...a };
+  for (const [k, v] of Object.entries(b)) {
+    const cur = out[k];
+    out[k] =
+      v && typeof v === 'object' && !Array.isArray(v) && cur && typeof cur === 'object' && !Array.isArray(cur)
+        ? merge(cur as Json, v as Json)
+        : v;
+  }
+  return out;
+}
+
+export class ServiceProcess {
+  readonly logs: LogLine[] = [];
+  readonly stderr: string[] = [];
+  exited: number | null | undefined;
+  constructor(
+    readonly name: ServiceName,
+    readonly child: ChildProcess,
+  ) {
+    readline.createInterface({ input: child.stdout! }).on('line', (line) => {
+      try {
+        this.logs.push(JSON.parse(line) as LogLine);
+      } catch {
+        this.stderr.push(line);
+      }
+    });
+    readline.createInterface({ input: child.stderr! }).on('line', (line) => this.stderr.push(line));
+    child.on('exit', (code) => {
+      this.exited = code;
+    });
+  }
+
+  find(pred: (l: LogLine) => boolean): LogLine | undefined {
+    return this.logs.find(pred);
+  }
+
+  waitForLog(pred: (l: LogLine) => boolean, timeoutMs = 5000, what = 'log line'): Promise<LogLine> {
+    return waitFor(() => this.find(pred), timeoutMs, `${this.name}: ${what}`);
+  }
+
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    if (this.exited !== undefined) return;
+    const done = new Promise<void>((r) => this.child.once('exit', () => r()));
+    this.child.kill(signal);
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), 10_000);
+    await done;
+    clearTimeout(timer);
+  }
+}
+
+export interface ChainOptions {
+  /** Services to start (default: all five). */
+  services?: readonly ServiceName[];
+  /** Extra moat.yaml content, merged over the generated one. */
+  config?: Json;
+  env?: NodeJS.ProcessEnv;
+  dataDir?: string;
+}
+
+export class Chain {
+  readonly processes = new Map<ServiceName, ServiceProcess>();
+  private constructor(
+    readonly ports: Ports,
+    readonly dataDir: string,
+    readonly configFile: string,
+    readonly config: Json,
+    readonly env: NodeJS.ProcessEnv,
+  ) {}
+
+  get maildir(): string {
+    return path.join(this.dataDir, 'mail');
+  }
+
+  service(name: ServiceName): ServiceProcess {
+    const p = this.processes.get(name);
+    if (!p) throw new Error(`${name} is not running`);
+    return p;
+  }
+
+  static async create(o: ChainOptions = {}): Promise<Chain> {
+    const dataDir = o.dataDir ?? tmpDir('moat-chain-');
+    const ports: Ports = {
+      screen: await freePort(),
+      greylist: await freePort(),
+      filter: await freePort(),
+      delivery: await freePort(),
+      quarantine: await freePort(),
+      http: await freePort(),
+    };
+    const base: Json = {
+      hostname: 'mx.example.test',
+      domains: ['example.test'],
+      dataDir,
+      log: { level: 'info' },
+      screen: { listen: `127.0.0.1:${ports.screen}` },
+      greylist: { listen: `127.0.0.1:${ports.greylist}`, nextTimeout: '10s' },
+      filter: { listen: `127.0.0.1:${ports.filter}`, nextTimeout: '10s' },
+      delivery: { listen: `127.0.0.1:${ports.delivery}` },
+      quarantine: { listen: `127.0.0.1:${ports.quarantine}`, http: `127.0.0.1:${ports.http}` },
+    };
+    const config = merge(base, o.config ?? {});
+    const configFile = path.join(dataDir, 'moat.yaml');
+    fs.writeFileSync(configFile, YAML.stringify(config));
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    // the test's configuration alone counts: no MOAT_* from the developer's shell
+    for (const k of Object.keys(env)) if (k.startsWith('MOAT_') && !k.startsWith('MOAT_TEST_')) delete env[k];
+    Object.assign(env, o.env, { MOAT_CONFIG: configFile });
+    const chain = new Chain(ports, dataDir, configFile, config, env);
+    try {
+      for (const name of o.services ?? SERVICES) await chain.start(name);
+    } catch (err) {
+      await chain.stop();
+      throw err;
+    }
+    return chain;
+  }
+
+  /** Starts (or restarts) one service and waits until it listens. */
+  async start(name: ServiceName): Promise<ServiceProcess> {
+    const root = repoRoot();
+    const child = spawn(process.execPath, [path.join(root, 'apps', name, 'dist', 'main.js')], {
+      cwd: this.dataDir,
+      env: this.env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const proc = new ServiceProcess(name, child);
+    this.processes.set(name, proc);
+    try {
+      await waitFor(
+        () => {
+          if (proc.exited !== undefined)
+            throw new Error(`${name} exited with ${proc.exited}: ${proc.stderr.join('\n')}`);
+          return proc.find((l) => l.msg === 'listening');
+        },
+        15_000,
+        `${name} to listen`,
+      );
+    } catch (err) {
+      await proc.stop('SIGKILL');
+      throw err;
+    }
+    return proc;
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all([...this.processes.values()].map((p) => p.stop()));
+  }
+}
