@@ -7,7 +7,7 @@ import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { syncDir } from '@moat/spool';
+import { writeDurable } from '@moat/spool';
 
 /** Splits a recipient into its mailbox folder parts; the local part is lower-cased and made path-safe. */
 export function mailboxPath(root: string, address: string): { domain: string; local: string; dir: string } {
@@ -45,13 +45,14 @@ export interface MaildirDelivery {
   bytes: number;
 }
 
-/** Delivers one copy. `message()` must give a fresh stream of the message each call. */
+/** Delivers one copy: tmp/, fsync, rename into new/, fsync new/. */
 export async function deliverToMaildir(opts: {
   root: string;
   hostname: string;
   recipient: string;
   sender: string;
-  message: () => Readable;
+  /** The message: a buffer, or a function giving a fresh stream of it. */
+  message: Buffer | (() => Readable);
   size: number;
 }): Promise<MaildirDelivery> {
   const { dir } = mailboxPath(opts.root, opts.recipient);
@@ -59,20 +60,9 @@ export async function deliverToMaildir(opts: {
   const head = Buffer.from(`Return-Path: <${opts.sender}>\r\nDelivered-To: ${opts.recipient}\r\n`, 'utf8');
   const size = head.length + opts.size;
   const name = uniqueName(opts.hostname, size);
-  const tmp = path.join(dir, 'tmp', name);
-  const final = path.join(dir, 'new', name);
-  const handle = await fsp.open(tmp, 'wx', 0o600);
-  let ok = false;
-  try {
-    await handle.write(head);
-    for await (const chunk of opts.message()) await handle.write(chunk as Buffer);
-    await handle.sync();
-    ok = true;
-  } finally {
-    await handle.close();
-    if (!ok) await fsp.rm(tmp, { force: true });
-  }
-  await fsp.rename(tmp, final);
-  await syncDir(path.join(dir, 'new'));
-  return { file: final, bytes: size };
+  const body = Buffer.isBuffer(opts.message) ? opts.message : opts.message();
+  const { path: file } = await writeDurable(path.join(dir, 'new'), name, [head, body], {
+    tmpDir: path.join(dir, 'tmp'),
+  });
+  return { file, bytes: size };
 }

@@ -14,7 +14,7 @@ import type { Logger } from '@moat/log';
 import {
   messageStream,
   readEnvelopeHead,
-  removeDurable,
+  removeLazily,
   writeEnvelopeFile,
   type EnvelopeFileHead,
 } from '@moat/spool';
@@ -38,6 +38,8 @@ export interface QueueOptions {
   hostname: string;
   runDelayMs: number;
   logger: Logger;
+  /** Messages up to this size are kept in memory between the queue write and the Maildir. */
+  memoryCopy?: number;
   /** Deliveries in parallel. */
   concurrency?: number;
 }
@@ -85,15 +87,36 @@ export class Queue {
     return address.toLowerCase() === 'postmaster' || this.#local.has(domainOf(address));
   }
 
-  /** Writes the message durably into active/; resolves only when it is safe on disk. */
-  async enqueue(head: QueueHead, message: readonly (Buffer | AsyncIterable<Buffer>)[]): Promise<number> {
-    const { bytes } = await writeEnvelopeFile(this.active, head, message);
-    return bytes;
+  /**
+   * Writes the message durably into active/; resolves only when it is safe on disk. Up to
+   * `memoryCopy` bytes of it are kept in memory too, so the Maildir copy is written without reading
+   * the queue file back.
+   */
+  async enqueue(
+    head: QueueHead,
+    message: readonly (Buffer | AsyncIterable<Buffer>)[],
+  ): Promise<{ bytes: number; copy: Buffer | undefined }> {
+    const limit = this.o.memoryCopy ?? 1024 * 1024;
+    const kept: Buffer[] = [];
+    let keptBytes = 0;
+    async function* tee(parts: readonly (Buffer | AsyncIterable<Buffer>)[]): AsyncGenerator<Buffer> {
+      for (const part of parts) {
+        for await (const chunk of Buffer.isBuffer(part) ? [part] : part) {
+          if (keptBytes <= limit) {
+            kept.push(chunk);
+            keptBytes += chunk.length;
+          }
+          yield chunk;
+        }
+      }
+    }
+    const { bytes } = await writeEnvelopeFile(this.active, head, [tee(message)]);
+    return { bytes, copy: keptBytes <= limit ? Buffer.concat(kept, keptBytes) : undefined };
   }
 
-  /** Delivers a queued message in the background. */
-  schedule(id: string): void {
-    const p = this.#withSlot(() => this.#deliver(id)).catch((err: unknown) =>
+  /** Delivers a queued message in the background (from `copy` when given). */
+  schedule(id: string, queued?: { head: QueueHead; copy: Buffer | undefined }): void {
+    const p = this.#withSlot(() => this.#deliver(id, queued)).catch((err: unknown) =>
       this.o.logger.error({ id, err }, 'delivery failed; message stays in the active queue until restart'),
     );
     this.#inflight.add(p);
@@ -112,9 +135,21 @@ export class Queue {
     }
   }
 
-  async #deliver(id: string): Promise<void> {
+  async #deliver(id: string, queued?: { head: QueueHead; copy: Buffer | undefined }): Promise<void> {
     const file = path.join(this.active, id);
-    const { head, bodyOffset, size } = await readEnvelopeHead<QueueHead>(file);
+    let head: QueueHead;
+    let message: Buffer | (() => NodeJS.ReadableStream & AsyncIterable<Buffer>);
+    let size: number;
+    if (queued?.copy) {
+      head = queued.head;
+      message = queued.copy;
+      size = queued.copy.length;
+    } else {
+      const read = await readEnvelopeHead<QueueHead>(file);
+      head = read.head;
+      message = () => messageStream(file, read.bodyOffset);
+      size = read.size - read.bodyOffset;
+    }
     const remote: string[] = [];
     for (const rcpt of head.rcpt) {
       if (!this.isLocal(rcpt)) {
@@ -127,8 +162,8 @@ export class Queue {
         hostname: this.o.hostname,
         recipient,
         sender: head.from,
-        message: () => messageStream(file, bodyOffset),
-        size: size - bodyOffset,
+        message: message as Buffer | (() => import('node:stream').Readable),
+        size,
       });
       this.o.logger.info(
         {
@@ -149,12 +184,13 @@ export class Queue {
         reason: 'relaying to other domains is not enabled',
         attempts: 1,
       };
-      await writeEnvelopeFile(this.deferred, deferredHead, [messageStream(file, bodyOffset)]);
+      await writeEnvelopeFile(this.deferred, deferredHead, [Buffer.isBuffer(message) ? message : message()]);
       for (const to of remote) {
         this.o.logger.warn({ id, to, status: 'deferred', reason: deferredHead.reason }, 'deferred');
       }
     }
-    await removeDurable(file);
+    // every copy is durable in its Maildir (or in deferred/): the queue file may go without an fsync
+    await removeLazily(file);
   }
 
   async #runDeferred(): Promise<void> {

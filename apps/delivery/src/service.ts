@@ -45,12 +45,17 @@ export async function startDelivery(config: Readonly<MoatConfig>, logger: Logger
           id: tx.id,
           recipients: rcpt,
         });
-        let bytes: number;
+        let queued: { bytes: number; copy: Buffer | undefined };
+        const head = {
+          v: 1 as const,
+          id: tx.id,
+          from: tx.mailFrom.address,
+          rcpt,
+          client,
+          arrived: tx.startedAt,
+        };
         try {
-          bytes = await queue.enqueue(
-            { v: 1, id: tx.id, from: tx.mailFrom.address, rcpt, client, arrived: tx.startedAt },
-            [received, body],
-          );
+          queued = await queue.enqueue(head, [received, body]);
         } catch (err) {
           if (body.destroyed && !body.readableEnded) {
             logger.info(
@@ -70,12 +75,12 @@ export async function startDelivery(config: Readonly<MoatConfig>, logger: Logger
             client: client.address,
             from: tx.mailFrom.address,
             to: rcpt,
-            size: bytes,
+            size: queued.bytes,
             reply: `${r.code} ${r.lines[0]}`,
           },
           'queued',
         );
-        queue.schedule(tx.id);
+        queue.schedule(tx.id, { head, copy: queued.copy });
         return r;
       },
     },

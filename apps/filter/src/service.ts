@@ -60,7 +60,7 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
           try {
             r = await RelayTransaction.send(
               delivery,
-              client,
+              { ...client, ident: tx.id },
               { mailFrom: tx.mailFrom, rcptTo: tx.rcptTo },
               () => spool.stream(),
               received,

@@ -313,6 +313,8 @@ export async function createListener(o: ListenerOptions): Promise<Listener> {
     name: o.hostname,
     logger: false,
     disableReverseLookup: true,
+    // enhanced status codes on every reply (smtp-server hides them unless asked)
+    hideENHANCEDSTATUSCODES: false,
     authOptional: true,
     disabledCommands: o.tls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
     hideSTARTTLS: !o.tls,
@@ -362,8 +364,12 @@ export async function createListener(o: ListenerOptions): Promise<Listener> {
       };
       stream.on('error', (err) => normalizer.destroy(err));
       stream.pipe(normalizer);
+      let tooBig = false;
       normalizer.on('error', (err) => {
-        if (err instanceof MessageTooBig) drain();
+        if (err instanceof MessageTooBig) {
+          tooBig = true;
+          drain();
+        }
       });
       if (!tx) {
         drain();
@@ -377,7 +383,8 @@ export async function createListener(o: ListenerOptions): Promise<Listener> {
       };
       void guarded(logger, 'data', () => handlers.data(normalizer, tx, session, info)).then((r) => {
         drain();
-        const final = r ?? listenerReplies.internalError();
+        // past the size limit the reply is ours, whatever the handler made of its failed stream
+        const final = tooBig ? listenerReplies.messageTooBig() : (r ?? listenerReplies.internalError());
         if (final.code >= 400) return cb(toError(final));
         cb(null, final.lines.join('\n'));
       });

@@ -4,6 +4,7 @@
  */
 export {
   removeDurable,
+  removeLazily,
   renameDurable,
   syncDir,
   tmpName,

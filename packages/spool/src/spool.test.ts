@@ -1,0 +1,77 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import { writeDurable } from './durable.js';
+import { readEnvelopeHead, writeEnvelopeFile } from './envelope-file.js';
+import { MessageSpool } from './message-spool.js';
+
+const dir = () => fs.mkdtempSync(path.join(os.tmpdir(), 'moat-spool-'));
+
+describe('writeDurable', () => {
+  it('writes buffers and streams in order under the final name only', async () => {
+    const d = dir();
+    const r = await writeDurable(d, 'one', [
+      Buffer.from('head\n'),
+      Readable.from([Buffer.from('a'), Buffer.from('b')]),
+    ]);
+    expect(r.bytes).toBe(7);
+    expect(fs.readFileSync(path.join(d, 'one'), 'utf8')).toBe('head\nab');
+    expect(fs.readdirSync(d)).toEqual(['one']);
+  });
+
+  it('leaves nothing behind when the stream fails (a client gone mid-DATA)', async () => {
+    const d = dir();
+    const failing = new Readable({
+      read() {
+        this.push(Buffer.from('partial'));
+        this.destroy(new Error('client went away'));
+      },
+    });
+    await expect(writeDurable(d, 'two', [failing])).rejects.toThrow('client went away');
+    expect(fs.readdirSync(d)).toEqual([]);
+  });
+
+  it('group-commits concurrent writes into one directory', async () => {
+    const d = dir();
+    await Promise.all(
+      Array.from({ length: 50 }, (_, i) => writeDurable(d, `m${i}`, [Buffer.from(String(i))])),
+    );
+    expect(fs.readdirSync(d).length).toBe(50);
+  });
+});
+
+describe('envelope files', () => {
+  it('keep the envelope line and the message together', async () => {
+    const d = dir();
+    await writeEnvelopeFile(d, { v: 1, id: 'ID1', from: 'a@b' }, [Buffer.from('Subject: x\r\n\r\nbody\r\n')]);
+    const { head, bodyOffset, size } = await readEnvelopeHead(path.join(d, 'ID1'));
+    expect(head).toEqual({ v: 1, id: 'ID1', from: 'a@b' });
+    expect(fs.readFileSync(path.join(d, 'ID1')).subarray(bodyOffset).toString()).toBe(
+      'Subject: x\r\n\r\nbody\r\n',
+    );
+    expect(size - bodyOffset).toBe(20);
+  });
+});
+
+describe('MessageSpool', () => {
+  it('keeps small messages in memory and spills large ones to a file it removes', async () => {
+    const d = dir();
+    const small = await MessageSpool.from(Readable.from([Buffer.from('tiny')]), {
+      dir: d,
+      memoryLimit: 1024,
+    });
+    expect(small.file).toBeUndefined();
+    expect(small.buffer()?.toString()).toBe('tiny');
+    const chunk = Buffer.alloc(100 * 1024, 'x');
+    const big = await MessageSpool.from(Readable.from([chunk, chunk, chunk]), { dir: d, memoryLimit: 1024 });
+    expect(big.file).toBeDefined();
+    expect(big.size).toBe(300 * 1024);
+    let read = 0;
+    for await (const c of big.stream()) read += (c as Buffer).length;
+    expect(read).toBe(300 * 1024);
+    await big.dispose();
+    expect(fs.readdirSync(d)).toEqual([]);
+  });
+});
