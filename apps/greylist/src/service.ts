@@ -62,7 +62,11 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
     handlers: {
       async mailFrom(tx) {
         try {
-          const { tx: relay, reply } = await RelayTransaction.begin(filter, { ...tx.client, ident: tx.id }, tx.mailFrom);
+          const { tx: relay, reply } = await RelayTransaction.begin(
+            filter,
+            { ...tx.client, ident: tx.id },
+            tx.mailFrom,
+          );
           if (relay) tx.state[RELAY] = relay;
           return reply.code >= 300 ? reply : undefined;
         } catch (err) {

@@ -115,11 +115,9 @@ export const hostPort = () =>
 
 /** An IPv4/IPv6 network in CIDR notation or a single address ("127.0.0.0/8", "::1", "[::1]/128"). */
 export const cidr = () =>
-  z
-    .string()
-    .refine((v) => parseCidr(v) !== undefined, {
-      message: 'expected an address or a network like 127.0.0.0/8',
-    });
+  z.string().refine((v) => parseCidr(v) !== undefined, {
+    message: 'expected an address or a network like 127.0.0.0/8',
+  });
 
 export interface Cidr {
   address: string;

@@ -74,7 +74,7 @@ describe('a message through screen, greylist, filter and delivery', () => {
 
   it('carries 100 messages from smtp-source, 10 sessions, all delivered', async () => {
     const before = maildirMessages(chain.maildir, 'load@example.test').length;
-    const r = smtpSource([
+    const r = await smtpSource([
       '-s',
       '10',
       '-m',

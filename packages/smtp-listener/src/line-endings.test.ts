@@ -5,7 +5,8 @@ import { LineEndingNormalizer, MessageTooBig } from './line-endings.js';
 async function run(chunks: string[], max?: number): Promise<{ out: string; bare: number }> {
   const n = new LineEndingNormalizer(max);
   const parts: Buffer[] = [];
-  for await (const c of Readable.from(chunks.map((s) => Buffer.from(s, 'latin1'))).pipe(n)) parts.push(c as Buffer);
+  for await (const c of Readable.from(chunks.map((s) => Buffer.from(s, 'latin1'))).pipe(n))
+    parts.push(c as Buffer);
   return { out: Buffer.concat(parts).toString('latin1'), bare: n.bareLineEndings };
 }
 

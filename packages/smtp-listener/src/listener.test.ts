@@ -10,7 +10,10 @@ afterEach(async () => {
   listener = undefined;
 });
 
-async function start(handlers: Partial<HopHandlers> = {}, extra: Record<string, unknown> = {}): Promise<Listener> {
+async function start(
+  handlers: Partial<HopHandlers> = {},
+  extra: Record<string, unknown> = {},
+): Promise<Listener> {
   listener = await createListener({
     service: 'test',
     hostname: 'mx.example.test',
@@ -71,8 +74,17 @@ describe('the hop listener', () => {
   });
 
   it('gives every reply an enhanced status code, and ours exactly once', async () => {
-    const l = await start({ rcptTo: (r) => (r.address.startsWith('no') ? reply(550, '5.1.1', `<${r.address}>: User unknown`) : undefined) });
-    const replies = await talk(l.address.port, ['EHLO a.test', 'MAIL FROM:<a@b.test>', 'RCPT TO:<no@example.test>', 'RCPT TO:<yes@example.test>', 'QUIT']);
+    const l = await start({
+      rcptTo: (r) =>
+        r.address.startsWith('no') ? reply(550, '5.1.1', `<${r.address}>: User unknown`) : undefined,
+    });
+    const replies = await talk(l.address.port, [
+      'EHLO a.test',
+      'MAIL FROM:<a@b.test>',
+      'RCPT TO:<no@example.test>',
+      'RCPT TO:<yes@example.test>',
+      'QUIT',
+    ]);
     expect(replies).toEqual([
       '220 mx.example.test ESMTP',
       '250 SIZE 1048576',
@@ -97,7 +109,13 @@ describe('the hop listener', () => {
   it('calls reset once for a transaction that ends without DATA', async () => {
     const resets: string[] = [];
     const l = await start({ reset: (tx, _s, why) => resets.push(`${tx.mailFrom.address}:${why}`) });
-    await talk(l.address.port, ['EHLO a.test', 'MAIL FROM:<one@b.test>', 'RSET', 'MAIL FROM:<two@b.test>', 'QUIT']);
+    await talk(l.address.port, [
+      'EHLO a.test',
+      'MAIL FROM:<one@b.test>',
+      'RSET',
+      'MAIL FROM:<two@b.test>',
+      'QUIT',
+    ]);
     await new Promise((r) => setTimeout(r, 50));
     expect(resets).toEqual(['one@b.test:reset', 'two@b.test:disconnect']);
   });

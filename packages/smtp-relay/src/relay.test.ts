@@ -9,7 +9,14 @@ import { ReplyParser } from './reply-parser.js';
 import { RelayTransaction } from './transaction.js';
 import { xforwardCommands } from './xforward.js';
 
-const client = { address: '192.0.2.7', port: 4567, name: 'unknown', helo: 'mail.remote.test', proto: 'ESMTP', ident: 'ABC123' };
+const client = {
+  address: '192.0.2.7',
+  port: 4567,
+  name: 'unknown',
+  helo: 'mail.remote.test',
+  proto: 'ESMTP',
+  ident: 'ABC123',
+};
 
 describe('ReplyParser', () => {
   it('assembles multi-line and pipelined replies across chunks', () => {
@@ -26,7 +33,11 @@ describe('ReplyParser', () => {
 describe('DotStuffer', () => {
   it('doubles line-initial dots across chunk boundaries', () => {
     const s = new DotStuffer();
-    const out = Buffer.concat([s.stuff(Buffer.from('.a\r\n')), s.stuff(Buffer.from('.b\r\nc\r')), s.stuff(Buffer.from('\n.\r\n'))]);
+    const out = Buffer.concat([
+      s.stuff(Buffer.from('.a\r\n')),
+      s.stuff(Buffer.from('.b\r\nc\r')),
+      s.stuff(Buffer.from('\n.\r\n')),
+    ]);
     expect(out.toString()).toBe('..a\r\n..b\r\nc\r\n..\r\n');
     expect(s.terminator().toString()).toBe('.\r\n');
     const t = new DotStuffer();
@@ -41,7 +52,9 @@ describe('xforwardCommands', () => {
     expect(xforwardCommands({ ...client, helo: 'a+b=c' }, all)).toEqual([
       'XFORWARD NAME=[UNAVAILABLE] ADDR=192.0.2.7 PORT=4567 PROTO=ESMTP HELO=a+2Bb+3Dc IDENT=ABC123',
     ]);
-    expect(xforwardCommands({ ...client, address: '2001:db8::1' }, new Set(['ADDR']))).toEqual(['XFORWARD ADDR=IPV6:2001:db8::1']);
+    expect(xforwardCommands({ ...client, address: '2001:db8::1' }, new Set(['ADDR']))).toEqual([
+      'XFORWARD ADDR=IPV6:2001:db8::1',
+    ]);
     expect(xforwardCommands(client, new Set())).toEqual([]);
     const long = xforwardCommands({ ...client, name: 'n'.repeat(250), helo: 'h'.repeat(250) }, all);
     expect(long.length).toBe(2);
@@ -74,10 +87,18 @@ describe('RelayTransaction against a next hop', () => {
     const write = vi.spyOn(net.Socket.prototype, 'write');
     const line = 'x'.repeat(78) + '\r\n';
     const body = Buffer.from('Subject: big\r\n\r\n' + line.repeat(1280));
-    const chunks = Array.from({ length: Math.ceil(body.length / 1024) }, (_, i) => body.subarray(i * 1024, (i + 1) * 1024));
+    const chunks = Array.from({ length: Math.ceil(body.length / 1024) }, (_, i) =>
+      body.subarray(i * 1024, (i + 1) * 1024),
+    );
     try {
-      const r = await RelayTransaction.send(pool, client, { mailFrom: { address: 'a@remote.test', args: {} }, rcptTo: [{ address: 'b@example.test', args: {} }] }, () =>
-        Readable.from(chunks),
+      const r = await RelayTransaction.send(
+        pool,
+        client,
+        {
+          mailFrom: { address: 'a@remote.test', args: {} },
+          rcptTo: [{ address: 'b@example.test', args: {} }],
+        },
+        () => Readable.from(chunks),
       );
       expect(r).toEqual({ code: 250, lines: ['2.0.0 Ok: queued as SCRIPTED'] });
       expect(noDelay).toHaveBeenCalledWith(true);
@@ -86,8 +107,14 @@ describe('RelayTransaction against a next hop', () => {
       expect(bodyWrites.length).toBeLessThanOrEqual(8);
       expect(bodyWrites[bodyWrites.length - 1]!.subarray(-6).toString()).toBe('x\r\n.\r\n');
       // commands pipelined in one write
-      const commandWrites = write.mock.calls.map((c) => c[0]).filter((d) => typeof d === 'string') as string[];
-      expect(commandWrites.some((w) => w.includes('MAIL FROM:<a@remote.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n'))).toBe(true);
+      const commandWrites = write.mock.calls
+        .map((c) => c[0])
+        .filter((d) => typeof d === 'string') as string[];
+      expect(
+        commandWrites.some((w) =>
+          w.includes('MAIL FROM:<a@remote.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n'),
+        ),
+      ).toBe(true);
       expect(server.messages[server.messages.length - 1]).toBe(body.toString('latin1'));
     } finally {
       noDelay.mockRestore();
@@ -96,7 +123,10 @@ describe('RelayTransaction against a next hop', () => {
   });
 
   it('reuses the pooled connection and replaces one the server closed', async () => {
-    const env = { mailFrom: { address: 'a@remote.test', args: {} }, rcptTo: [{ address: 'b@example.test', args: {} }] };
+    const env = {
+      mailFrom: { address: 'a@remote.test', args: {} },
+      rcptTo: [{ address: 'b@example.test', args: {} }],
+    };
     const before = server.sessions.length;
     await RelayTransaction.send(pool, client, env, () => Readable.from([Buffer.from('a\r\n')]));
     await RelayTransaction.send(pool, client, env, () => Readable.from([Buffer.from('b\r\n')]));
@@ -109,7 +139,10 @@ describe('RelayTransaction against a next hop', () => {
       const r = await RelayTransaction.send(
         pool,
         client,
-        { mailFrom: { address: 'a@remote.test', args: {} }, rcptTo: [{ address: 'b@example.test', args: {} }] },
+        {
+          mailFrom: { address: 'a@remote.test', args: {} },
+          rcptTo: [{ address: 'b@example.test', args: {} }],
+        },
         () => Readable.from([Buffer.from('never sent\r\n')]),
       );
       expect(r).toEqual({ code: 550, lines: ['5.1.1 <b@example.test>: User unknown'] });

@@ -88,6 +88,8 @@ export interface ChainOptions {
   config?: Json;
   env?: NodeJS.ProcessEnv;
   dataDir?: string;
+  /** Extra node options for every service (e.g. --cpu-prof). */
+  nodeArgs?: string[];
 }
 
 export class Chain {
@@ -98,6 +100,7 @@ export class Chain {
     readonly configFile: string,
     readonly config: Json,
     readonly env: NodeJS.ProcessEnv,
+    readonly nodeArgs: string[] = [],
   ) {}
 
   get maildir(): string {
@@ -138,7 +141,7 @@ export class Chain {
     // the test's configuration alone counts: no MOAT_* from the developer's shell
     for (const k of Object.keys(env)) if (k.startsWith('MOAT_') && !k.startsWith('MOAT_TEST_')) delete env[k];
     Object.assign(env, o.env, { MOAT_CONFIG: configFile });
-    const chain = new Chain(ports, dataDir, configFile, config, env);
+    const chain = new Chain(ports, dataDir, configFile, config, env, o.nodeArgs);
     try {
       for (const name of o.services ?? SERVICES) await chain.start(name);
     } catch (err) {
@@ -151,11 +154,15 @@ export class Chain {
   /** Starts (or restarts) one service and waits until it listens. */
   async start(name: ServiceName): Promise<ServiceProcess> {
     const root = repoRoot();
-    const child = spawn(process.execPath, [path.join(root, 'apps', name, 'dist', 'main.js')], {
-      cwd: this.dataDir,
-      env: this.env,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      process.execPath,
+      [...this.nodeArgs, path.join(root, 'apps', name, 'dist', 'main.js')],
+      {
+        cwd: this.dataDir,
+        env: this.env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     const proc = new ServiceProcess(name, child);
     this.processes.set(name, proc);
     try {

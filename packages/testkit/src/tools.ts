@@ -2,7 +2,7 @@
  * tools: the real SMTP clients and peers a user would use, run as processes: swaks, Postfix's
  * smtp-source and smtp-sink.
  */
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { waitFor } from './net.js';
 
@@ -49,16 +49,29 @@ export function swaks(
   });
 }
 
-/** Runs smtp-source to completion. */
+/**
+ * Runs smtp-source to completion. Asynchronous on purpose: a test or benchmark that blocked its event
+ * loop here would stop reading the services' log pipes and stall them (pino waits when stdout is full).
+ */
 export function smtpSource(
   args: string[],
   timeoutMs = 120_000,
-): { status: number | null; output: string; ms: number } {
+): Promise<{ status: number | null; output: string; ms: number }> {
   const bin = which('smtp-source');
   if (!bin) throw new Error('smtp-source is not installed (Debian package postfix)');
   const started = Date.now();
-  const r = spawnSync(bin, args, { timeout: timeoutMs, encoding: 'utf8' });
-  return { status: r.status, output: (r.stdout ?? '') + (r.stderr ?? ''), ms: Date.now() - started };
+  return new Promise((resolve, reject) => {
+    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (output += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', reject);
+    child.on('close', (status) => {
+      clearTimeout(timer);
+      resolve({ status, output, ms: Date.now() - started });
+    });
+  });
 }
 
 /** Starts Postfix's smtp-sink on 127.0.0.1:port; resolves once it accepts connections. */

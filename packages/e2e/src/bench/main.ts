@@ -37,9 +37,9 @@ async function main(): Promise<void> {
         for (const perConnection of [false, true]) {
           const n = size > 10_000 ? (s === 1 ? 200 : 1000) : s === 1 ? 500 : perConnection ? 5000 : 2000;
           const scenario = `${size >= 1024 * 100 ? '100 KB' : '1 KB'}, s${s}, ${perConnection ? '-d (many per conn)' : '1 msg/conn'}`;
-          const a = throughput(sinkPort, { messages: n, sessions: s, sizeBytes: size, perConnection });
+          const a = await throughput(sinkPort, { messages: n, sessions: s, sizeBytes: size, perConnection });
           const cpuBefore = [...chain.processes.values()].map((p) => cpuMs(p.child.pid!));
-          const b = throughput(chain.ports.screen, {
+          const b = await throughput(chain.ports.screen, {
             messages: n,
             sessions: s,
             sizeBytes: size,

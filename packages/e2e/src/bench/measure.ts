@@ -13,10 +13,10 @@ export interface ThroughputResult {
   output: string;
 }
 
-export function throughput(
+export async function throughput(
   port: number,
   o: { messages: number; sessions: number; sizeBytes: number; perConnection: boolean },
-): ThroughputResult {
+): Promise<ThroughputResult> {
   const args = [
     '-s',
     String(o.sessions),
@@ -30,7 +30,7 @@ export function throughput(
     'bench@example.test',
   ];
   if (o.perConnection) args.unshift('-d');
-  const r = smtpSource([...args, `127.0.0.1:${port}`], 120_000);
+  const r = await smtpSource([...args, `127.0.0.1:${port}`], 120_000);
   return {
     messages: o.messages,
     ms: r.ms,
