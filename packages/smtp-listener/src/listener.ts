@@ -138,7 +138,20 @@ class HopConnection extends SMTPConnection {
     });
   }
 
+  #corked: object | undefined;
+
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
+    // Replies produced in one turn of the event loop (a pipelined XFORWARD, MAIL, RCPT, DATA) leave in
+    // one write: each write on a no-delay socket is a syscall and a wake-up of the peer.
+    const socket = (this as unknown as { _socket: net.Socket })._socket;
+    if (socket && !this.#corked && !socket.destroyed) {
+      socket.cork();
+      this.#corked = socket;
+      setImmediate(() => {
+        this.#corked = undefined;
+        socket.uncork();
+      });
+    }
     let payload = data;
     if (typeof payload === 'string' && payload.includes('\n')) payload = payload.split('\n');
     // smtp-server sends QUIT's reply without an enhanced code; Postfix's words are "221 2.0.0 Bye"
