@@ -7,7 +7,7 @@ import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { writeDurable } from '@moat/spool';
+import { syncDir, writeDurable } from '@moat/spool';
 
 /** Splits a recipient into its mailbox folder parts; the local part is lower-cased and made path-safe. */
 export function mailboxPath(root: string, address: string): { domain: string; local: string; dir: string } {
@@ -65,4 +65,38 @@ export async function deliverToMaildir(opts: {
     tmpDir: path.join(dir, 'tmp'),
   });
   return { file, bytes: size };
+}
+
+/**
+ * Files an already durable file (a queue file written in Maildir form: Return-Path and Delivered-To on
+ * top) into the Maildir by a hard link: no second copy of the bytes and no second data fsync, only the
+ * fsync of new/. Falls back to a copy when the queue and the Maildir are on different file systems.
+ */
+export async function linkIntoMaildir(opts: {
+  root: string;
+  hostname: string;
+  recipient: string;
+  file: string;
+  size: number;
+}): Promise<MaildirDelivery> {
+  const { dir } = mailboxPath(opts.root, opts.recipient);
+  await ensureMaildir(dir);
+  const name = uniqueName(opts.hostname, opts.size);
+  const final = path.join(dir, 'new', name);
+  try {
+    await fsp.link(opts.file, final);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+    const { path: copied } = await writeDurable(
+      path.join(dir, 'new'),
+      name,
+      [await fsp.readFile(opts.file)],
+      {
+        tmpDir: path.join(dir, 'tmp'),
+      },
+    );
+    return { file: copied, bytes: opts.size };
+  }
+  await syncDir(path.join(dir, 'new'));
+  return { file: final, bytes: opts.size };
 }

@@ -2,6 +2,9 @@
  * queue: delivery's durable queue, owned by this replica (Postfix's incoming/active/deferred, small).
  *
  *   active/<id>    written durably before the 250 (envelope line + message), delivered at once;
+ *   active/<id>.md the common case, one local recipient: written durably in Maildir form (Return-Path
+ *                  and Delivered-To on top, which are the whole envelope), then hard-linked into the
+ *                  Maildir: the bytes are written and fsynced once, not twice;
  *   deferred/<id>  what could not be delivered yet (for now: recipients in other domains, since relaying
  *                  comes with the delivery issue), retried every queueRunDelay.
  *
@@ -15,11 +18,14 @@ import {
   messageStream,
   readEnvelopeHead,
   removeLazily,
+  writeDurable,
   writeEnvelopeFile,
   type EnvelopeFileHead,
 } from '@moat/spool';
 import type { ClientInfo } from '@moat/smtp-listener';
-import { deliverToMaildir } from './maildir.js';
+import { deliverToMaildir, linkIntoMaildir } from './maildir.js';
+
+const MAILDIR_FORM = '.md';
 
 export interface QueueHead extends EnvelopeFileHead {
   from: string;
@@ -95,7 +101,15 @@ export class Queue {
   async enqueue(
     head: QueueHead,
     message: readonly (Buffer | AsyncIterable<Buffer>)[],
-  ): Promise<{ bytes: number; copy: Buffer | undefined }> {
+  ): Promise<{ bytes: number; copy: Buffer | undefined; name: string }> {
+    const only =
+      head.rcpt.length === 1 && this.isLocal(head.rcpt[0]!) ? this.#recipient(head.rcpt[0]!) : undefined;
+    if (only) {
+      const name = head.id + MAILDIR_FORM;
+      const top = Buffer.from(`Return-Path: <${head.from}>\r\nDelivered-To: ${only}\r\n`, 'utf8');
+      const { bytes } = await writeDurable(this.active, name, [top, ...message]);
+      return { bytes, copy: undefined, name };
+    }
     const limit = this.o.memoryCopy ?? 1024 * 1024;
     const kept: Buffer[] = [];
     let keptBytes = 0;
@@ -111,7 +125,11 @@ export class Queue {
       }
     }
     const { bytes } = await writeEnvelopeFile(this.active, head, [tee(message)]);
-    return { bytes, copy: keptBytes <= limit ? Buffer.concat(kept, keptBytes) : undefined };
+    return { bytes, copy: keptBytes <= limit ? Buffer.concat(kept, keptBytes) : undefined, name: head.id };
+  }
+
+  #recipient(rcpt: string): string {
+    return rcpt.includes('@') ? rcpt : `${rcpt}@${this.o.domains[0] ?? this.o.hostname}`;
   }
 
   /** Delivers a queued message in the background (from `copy` when given). */
@@ -137,6 +155,8 @@ export class Queue {
 
   async #deliver(id: string, queued?: { head: QueueHead; copy: Buffer | undefined }): Promise<void> {
     const file = path.join(this.active, id);
+    if (id.endsWith(MAILDIR_FORM))
+      return this.#deliverLinked(id.slice(0, -MAILDIR_FORM.length), file, queued?.head);
     let head: QueueHead;
     let message: Buffer | (() => NodeJS.ReadableStream & AsyncIterable<Buffer>);
     let size: number;
@@ -156,7 +176,7 @@ export class Queue {
         remote.push(rcpt);
         continue;
       }
-      const recipient = rcpt.includes('@') ? rcpt : `${rcpt}@${this.o.domains[0] ?? this.o.hostname}`;
+      const recipient = this.#recipient(rcpt);
       const done = await deliverToMaildir({
         root: this.o.maildir,
         hostname: this.o.hostname,
@@ -190,6 +210,37 @@ export class Queue {
       }
     }
     // every copy is durable in its Maildir (or in deferred/): the queue file may go without an fsync
+    await removeLazily(file);
+  }
+
+  /** One local recipient, queue file already in Maildir form: link it in, then let the queue file go. */
+  async #deliverLinked(id: string, file: string, head: QueueHead | undefined): Promise<void> {
+    let recipient = head ? this.#recipient(head.rcpt[0]!) : undefined;
+    if (!recipient) {
+      // recovery after a crash: the envelope is the Delivered-To header on top of the file
+      const top = (await fsp.readFile(file)).subarray(0, 4096).toString('utf8');
+      recipient = /^Delivered-To: (.*)\r$/m.exec(top)?.[1];
+      if (!recipient) throw new Error(`${file}: no Delivered-To on top of a Maildir-form queue file`);
+    }
+    const { size } = await fsp.stat(file);
+    const done = await linkIntoMaildir({
+      root: this.o.maildir,
+      hostname: this.o.hostname,
+      recipient,
+      file,
+      size,
+    });
+    this.o.logger.info(
+      {
+        id,
+        to: recipient,
+        relay: 'maildir',
+        delay: head ? (Date.now() - head.arrived) / 1000 : undefined,
+        file: done.file,
+        status: 'sent',
+      },
+      'delivered',
+    );
     await removeLazily(file);
   }
 

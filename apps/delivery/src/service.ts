@@ -45,7 +45,7 @@ export async function startDelivery(config: Readonly<MoatConfig>, logger: Logger
           id: tx.id,
           recipients: rcpt,
         });
-        let queued: { bytes: number; copy: Buffer | undefined };
+        let queued: { bytes: number; copy: Buffer | undefined; name: string };
         const head = {
           v: 1 as const,
           id: tx.id,
@@ -80,7 +80,7 @@ export async function startDelivery(config: Readonly<MoatConfig>, logger: Logger
           },
           'queued',
         );
-        queue.schedule(tx.id, { head, copy: queued.copy });
+        queue.schedule(queued.name, { head, copy: queued.copy });
         return r;
       },
     },
