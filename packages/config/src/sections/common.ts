@@ -24,6 +24,14 @@ export const common = {
     .default(['example.test']),
   /** All embedded state lives under it (spools, queue, SQLite, generated TLS certificate). */
   dataDir: z.string().min(1).default('./data'),
+  /**
+   * The reputation store screen and greylist share: `sqlite` (a file under dataDir, for one machine) or
+   * `redis://host:port/db` (for replicas on several machines).
+   */
+  store: z
+    .string()
+    .regex(/^(sqlite|rediss?:\/\/.+)$/, 'expected sqlite or redis://host:port/db')
+    .default('sqlite'),
   /** Networks treated as our own clients (Postfix: mynetworks), used by permit_mynetworks. */
   mynetworks: z.array(cidr()).default(LOOPBACK),
   dns: z
