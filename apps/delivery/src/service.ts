@@ -5,7 +5,7 @@
 import { internalSizeLimit, type MoatConfig } from '@moat/config';
 import type { Logger } from '@moat/log';
 import type { RunningService } from '@moat/service';
-import { createListener, reply, receivedHeader, type Reply } from '@moat/smtp-listener';
+import { createListener, reply, hopReceived, type Reply } from '@moat/smtp-listener';
 import { Queue } from './queue.js';
 
 export const deliveryReplies = {
@@ -34,17 +34,10 @@ export async function startDelivery(config: Readonly<MoatConfig>, logger: Logger
     messageSizeLimit: internalSizeLimit(config),
     logger,
     handlers: {
-      async data(body, tx, session): Promise<Reply> {
-        const client = session.client();
+      async data(body, tx): Promise<Reply> {
+        const client = tx.client;
         const rcpt = tx.rcptTo.map((r) => r.address);
-        const received = receivedHeader({
-          client,
-          by: config.hostname,
-          service: 'delivery',
-          with: 'ESMTP',
-          id: tx.id,
-          recipients: rcpt,
-        });
+        const received = hopReceived(tx, { hostname: config.hostname, service: 'delivery' });
         let queued: { bytes: number; copy: Buffer | undefined; name: string };
         const head = {
           v: 1 as const,

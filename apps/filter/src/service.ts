@@ -7,22 +7,14 @@ import path from 'node:path';
 import { internalSizeLimit, type MoatConfig } from '@moat/config';
 import type { Logger } from '@moat/log';
 import type { RunningService } from '@moat/service';
-import { createListener, receivedHeader, type Reply } from '@moat/smtp-listener';
-import { RelayError, RelayPool, RelayTransaction } from '@moat/smtp-relay';
+import { createListener, hopReceived, type Reply } from '@moat/smtp-listener';
+import { RelayError, poolFor, RelayTransaction } from '@moat/smtp-relay';
 import { MessageSpool } from '@moat/spool';
 
 export async function startFilter(config: Readonly<MoatConfig>, logger: Logger): Promise<RunningService> {
   const c = config.filter;
   const spoolDir = path.join(config.dataDir, 'filter');
-  const delivery = new RelayPool({
-    name: 'delivery',
-    targets: c.next,
-    ehloName: config.hostname,
-    connectTimeoutMs: c.nextConnectTimeout,
-    timeoutMs: c.nextTimeout,
-    maxIdle: c.nextPoolIdle,
-    logger,
-  });
+  const delivery = poolFor('delivery', c.next, c, config.hostname, logger);
 
   const listener = await createListener({
     service: 'filter',
@@ -33,8 +25,8 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
     messageSizeLimit: internalSizeLimit(config),
     logger,
     handlers: {
-      async data(body, tx, session): Promise<Reply> {
-        const client = session.client();
+      async data(body, tx): Promise<Reply> {
+        const client = tx.client;
         let spool: MessageSpool;
         try {
           spool = await MessageSpool.from(body, { dir: spoolDir, memoryLimit: c.spoolMemoryLimit });
@@ -47,14 +39,7 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
         }
         try {
           const rcpt = tx.rcptTo.map((r) => r.address);
-          const received = receivedHeader({
-            client,
-            by: config.hostname,
-            service: 'filter',
-            with: 'ESMTP',
-            id: tx.id,
-            recipients: rcpt,
-          });
+          const received = hopReceived(tx, { hostname: config.hostname, service: 'filter' });
           const started = Date.now();
           let r: Reply;
           try {

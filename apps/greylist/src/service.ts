@@ -10,8 +10,8 @@
 import { type MoatConfig } from '@moat/config';
 import type { Logger } from '@moat/log';
 import type { RunningService } from '@moat/service';
-import { createListener, ensureTlsCertificate, receivedHeader, type Reply } from '@moat/smtp-listener';
-import { RelayError, RelayPool, RelayTransaction } from '@moat/smtp-relay';
+import { createListener, ensureTlsCertificate, hopReceived, type Reply } from '@moat/smtp-listener';
+import { poolFor, RelayError, RelayTransaction } from '@moat/smtp-relay';
 import { relayCheck } from './checks/relay.js';
 import { greylistReplies } from './replies.js';
 
@@ -30,15 +30,7 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
     hostname: config.hostname,
   });
   if (tls.generated) logger.info({ dir: config.dataDir }, 'generated a self-signed certificate for STARTTLS');
-  const filter = new RelayPool({
-    name: 'filter',
-    targets: c.next,
-    ehloName: config.hostname,
-    connectTimeoutMs: c.nextConnectTimeout,
-    timeoutMs: c.nextTimeout,
-    maxIdle: c.nextPoolIdle,
-    logger,
-  });
+  const filter = poolFor('filter', c.next, c, config.hostname, logger);
   const fail = (id: string, stage: string, err: unknown): Reply => {
     if (err instanceof RelayError) {
       logger.warn({ id, stage, next: err.target, err: err.message }, 'filter failed');
@@ -108,13 +100,10 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
           body.resume();
           return fail(tx.id, 'DATA', new RelayError('lost', 'no transaction', 'filter'));
         }
-        const received = receivedHeader({
-          client,
-          by: config.hostname,
+        const received = hopReceived(tx, {
+          hostname: config.hostname,
           service: 'greylist',
           with: session.raw.transmissionType || 'ESMTP',
-          id: tx.id,
-          recipients: rcpt,
         });
         let r: Reply;
         try {

@@ -5,7 +5,7 @@
 import { internalSizeLimit, type MoatConfig } from '@moat/config';
 import type { Logger } from '@moat/log';
 import type { RunningService } from '@moat/service';
-import { createListener, receivedHeader, reply, type Reply } from '@moat/smtp-listener';
+import { createListener, hopReceived, reply, type Reply } from '@moat/smtp-listener';
 import { writeEnvelopeFile } from '@moat/spool';
 import fsp from 'node:fs/promises';
 
@@ -26,17 +26,10 @@ export async function startQuarantine(config: Readonly<MoatConfig>, logger: Logg
     messageSizeLimit: internalSizeLimit(config),
     logger,
     handlers: {
-      async data(body, tx, session): Promise<Reply> {
-        const client = session.client();
+      async data(body, tx): Promise<Reply> {
+        const client = tx.client;
         const rcpt = tx.rcptTo.map((r) => r.address);
-        const received = receivedHeader({
-          client,
-          by: config.hostname,
-          service: 'quarantine',
-          with: 'ESMTP',
-          id: tx.id,
-          recipients: rcpt,
-        });
+        const received = hopReceived(tx, { hostname: config.hostname, service: 'quarantine' });
         let bytes: number;
         try {
           ({ bytes } = await writeEnvelopeFile(

@@ -15,5 +15,5 @@ export {
 } from './listener.js';
 export { formatReply, isPositive, listenerReplies, reply, SmtpError, type Reply } from './replies.js';
 export { LineEndingNormalizer, MessageTooBig } from './line-endings.js';
-export { newQueueId, receivedHeader, rfc5322Date, type ClientInfo } from './received.js';
+export { hopReceived, newQueueId, receivedHeader, rfc5322Date, type ClientInfo } from './received.js';
 export { ensureTlsCertificate } from './tls.js';

@@ -74,3 +74,18 @@ export function receivedHeader(o: ReceivedOptions): Buffer {
     'utf8',
   );
 }
+
+/** The Received header of a hop for one transaction: the real client, this hop, its queue id. */
+export function hopReceived(
+  tx: { id: string; client: ClientInfo; rcptTo: readonly { address: string }[] },
+  hop: { hostname: string; service: string; with?: string },
+): Buffer {
+  return receivedHeader({
+    client: tx.client,
+    by: hop.hostname,
+    service: hop.service,
+    with: hop.with ?? 'ESMTP',
+    id: tx.id,
+    recipients: tx.rcptTo.map((r) => r.address),
+  });
+}

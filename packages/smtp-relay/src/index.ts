@@ -10,7 +10,7 @@ export {
   type Capabilities,
   type RelayFailure,
 } from './connection.js';
-export { RelayPool, type PoolOptions } from './pool.js';
+export { poolFor, RelayPool, type PoolOptions } from './pool.js';
 export { RelayTransaction, type Envelope } from './transaction.js';
 export { relayReplies } from './replies.js';
 export { DotStuffer } from './dot-stuff.js';

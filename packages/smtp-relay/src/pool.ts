@@ -93,3 +93,22 @@ export class RelayPool {
     for (const conn of this.#idle.splice(0)) conn.quit();
   }
 }
+
+/** A pool for a service section's next hop (next, nextConnectTimeout, nextTimeout, nextPoolIdle). */
+export function poolFor(
+  name: string,
+  targets: readonly string[],
+  section: { nextConnectTimeout: number; nextTimeout: number; nextPoolIdle: number },
+  ehloName: string,
+  logger: Logger,
+): RelayPool {
+  return new RelayPool({
+    name,
+    targets,
+    ehloName,
+    connectTimeoutMs: section.nextConnectTimeout,
+    timeoutMs: section.nextTimeout,
+    maxIdle: section.nextPoolIdle,
+    logger,
+  });
+}

@@ -1,0 +1,376 @@
+/**
+ * sqlite-store: the single-machine ReputationStore, one SQLite file `<dataDir>/reputation.sqlite`
+ * shared by every process on the host (screen, greylist, their replicas). Exports SqliteStore.
+ *
+ * Promises:
+ * - WAL mode with synchronous=NORMAL: readers never block the writer; a crash may lose the last
+ *   commits (a cache and greylist state: losing a few seconds costs a retry, never a wrong pass).
+ * - Every change runs in one IMMEDIATE transaction, so the read-decide-write of greylistCheck (and
+ *   of awlBump, the client updates and cleanup) is atomic across processes.
+ * - busy_timeout = timeoutMs: a writer waits at most that long for another process's transaction,
+ *   then the call rejects with StoreError('timeout'). better-sqlite3 is synchronous, so that wait
+ *   blocks this process's event loop; every transaction here is a few row operations.
+ * - maintenance deletes in batches of MAINTENANCE_BATCH rows, yielding to the event loop between
+ *   them, so it never holds the write lock for long.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { checkDuration, StoreError, toStoreError } from './errors.js';
+import { decideAwlBump, awlCurrentCount, decideTriplet, type TripletState } from './greylist-rules.js';
+import {
+  DEFAULT_MAX_AGE_MS,
+  DEFAULT_RETENTION_MS,
+  DEFAULT_TIMEOUT_MS,
+  type AwlOptions,
+  type CleanupResult,
+  type ClientRecord,
+  type GreylistParams,
+  type GreylistResult,
+  type MaintenanceParams,
+  type MaintenanceResult,
+  type PendingTriplet,
+  type ReputationStore,
+  type StoreOptions,
+  type TestPass,
+} from './types.js';
+
+export const SQLITE_FILE = 'reputation.sqlite';
+const MAINTENANCE_BATCH = 500;
+const SCHEMA_VERSION = 1;
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS client (
+  ip TEXT PRIMARY KEY,
+  last_seen INTEGER NOT NULL,
+  latest INTEGER NOT NULL,
+  dnswl_score REAL,
+  dnswl_at INTEGER,
+  dnswl_expires_at INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS client_latest ON client(latest);
+CREATE TABLE IF NOT EXISTS client_pass (
+  ip TEXT NOT NULL,
+  test TEXT NOT NULL,
+  passed_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  PRIMARY KEY (ip, test)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS triplet (
+  key TEXT PRIMARY KEY,
+  first_seen INTEGER NOT NULL,
+  last_seen INTEGER NOT NULL,
+  passed INTEGER NOT NULL,
+  approved_until INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS triplet_last_seen ON triplet(last_seen);
+CREATE INDEX IF NOT EXISTS triplet_pending ON triplet(passed, last_seen);
+CREATE TABLE IF NOT EXISTS awl (
+  ip TEXT PRIMARY KEY,
+  count INTEGER NOT NULL,
+  last_seen INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS awl_last_seen ON awl(last_seen);
+`;
+
+interface ClientRow {
+  ip: string;
+  last_seen: number;
+  latest: number;
+  dnswl_score: number | null;
+  dnswl_at: number | null;
+  dnswl_expires_at: number | null;
+}
+interface PassRow {
+  test: string;
+  passed_at: number;
+  expires_at: number;
+}
+interface TripletRow {
+  key: string;
+  first_seen: number;
+  last_seen: number;
+  passed: number;
+  approved_until: number;
+}
+interface AwlRow {
+  count: number;
+  last_seen: number;
+}
+
+function prepareAll(db: Database.Database) {
+  return {
+    client: db.prepare<[string], ClientRow>('SELECT * FROM client WHERE ip = ?'),
+    passes: db.prepare<[string], PassRow>('SELECT test, passed_at, expires_at FROM client_pass WHERE ip = ?'),
+    touchClient: db.prepare<[string, number, number]>(
+      `INSERT INTO client (ip, last_seen, latest) VALUES (?, ?, ?)
+       ON CONFLICT (ip) DO UPDATE SET last_seen = excluded.last_seen`,
+    ),
+    setLatest: db.prepare<[string, string]>(
+      `UPDATE client SET latest = MAX(last_seen, COALESCE(dnswl_expires_at, 0),
+         COALESCE((SELECT MAX(expires_at) FROM client_pass WHERE ip = ?), 0))
+       WHERE ip = ?`,
+    ),
+    upsertPass: db.prepare<[string, string, number, number]>(
+      `INSERT INTO client_pass (ip, test, passed_at, expires_at) VALUES (?, ?, ?, ?)
+       ON CONFLICT (ip, test) DO UPDATE SET passed_at = excluded.passed_at, expires_at = excluded.expires_at`,
+    ),
+    deletePass: db.prepare<[string, string]>('DELETE FROM client_pass WHERE ip = ? AND test = ?'),
+    setDnswl: db.prepare<[number, number, number, string]>(
+      'UPDATE client SET dnswl_score = ?, dnswl_at = ?, dnswl_expires_at = ? WHERE ip = ?',
+    ),
+    dropPassesBefore: db.prepare<[number]>(
+      'DELETE FROM client_pass WHERE ip IN (SELECT ip FROM client WHERE latest < ?)',
+    ),
+    dropClientsBefore: db.prepare<[number]>('DELETE FROM client WHERE latest < ?'),
+    countClients: db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM client'),
+    triplet: db.prepare<[string], TripletRow>('SELECT * FROM triplet WHERE key = ?'),
+    putTriplet: db.prepare<[string, number, number, number, number]>(
+      `INSERT INTO triplet (key, first_seen, last_seen, passed, approved_until) VALUES (?, ?, ?, ?, ?)
+       ON CONFLICT (key) DO UPDATE SET first_seen = excluded.first_seen, last_seen = excluded.last_seen,
+         passed = excluded.passed, approved_until = excluded.approved_until`,
+    ),
+    pending: db.prepare<[number], TripletRow>(
+      'SELECT * FROM triplet WHERE passed = 0 ORDER BY last_seen DESC LIMIT ?',
+    ),
+    expireTriplets: db.prepare<[number, number, number, number]>(
+      `DELETE FROM triplet WHERE key IN (SELECT key FROM triplet
+         WHERE last_seen < ? OR (passed = 0 AND last_seen < ? AND approved_until < ?) LIMIT ?)`,
+    ),
+    awl: db.prepare<[string], AwlRow>('SELECT count, last_seen FROM awl WHERE ip = ?'),
+    putAwl: db.prepare<[string, number, number]>(
+      `INSERT INTO awl (ip, count, last_seen) VALUES (?, ?, ?)
+       ON CONFLICT (ip) DO UPDATE SET count = excluded.count, last_seen = excluded.last_seen`,
+    ),
+    expireAwl: db.prepare<[number, number]>(
+      'DELETE FROM awl WHERE ip IN (SELECT ip FROM awl WHERE last_seen < ? LIMIT ?)',
+    ),
+    ping: db.prepare<[], { ok: number }>('SELECT 1 AS ok'),
+  };
+}
+
+export class SqliteStore implements ReputationStore {
+  readonly kind = 'sqlite' as const;
+  readonly file: string;
+  readonly #db: Database.Database;
+  readonly #q: ReturnType<typeof prepareAll>;
+  readonly #retentionMs: number;
+
+  private constructor(file: string, db: Database.Database, retentionMs: number) {
+    this.file = file;
+    this.#db = db;
+    this.#q = prepareAll(db);
+    this.#retentionMs = retentionMs;
+  }
+
+  /** Opens (creating when missing) `<dataDir>/reputation.sqlite`. */
+  static async open(opts: StoreOptions): Promise<SqliteStore> {
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const retentionMs = opts.retentionMs ?? DEFAULT_RETENTION_MS;
+    checkDuration('timeoutMs', timeoutMs);
+    checkDuration('retentionMs', retentionMs);
+    const file = path.join(opts.dataDir, SQLITE_FILE);
+    let db: Database.Database | undefined;
+    try {
+      fs.mkdirSync(opts.dataDir, { recursive: true });
+      db = new Database(file, { timeout: timeoutMs });
+      db.pragma(`busy_timeout = ${Math.floor(timeoutMs)}`);
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = NORMAL');
+      const conn = db;
+      conn
+        .transaction(() => {
+          if ((conn.pragma('user_version', { simple: true }) as number) < SCHEMA_VERSION) {
+            conn.exec(SCHEMA);
+            conn.pragma(`user_version = ${SCHEMA_VERSION}`);
+          }
+        })
+        .immediate();
+      return new SqliteStore(file, db, retentionMs);
+    } catch (err) {
+      db?.close();
+      throw toStoreError(err, `opening ${file}`);
+    }
+  }
+
+  #run<T>(what: string, fn: () => T): Promise<T> {
+    try {
+      return Promise.resolve(fn());
+    } catch (err) {
+      return Promise.reject(toStoreError(err, `sqlite ${what}`));
+    }
+  }
+
+  /** Runs fn in one IMMEDIATE transaction (the write lock taken up front, so no upgrade deadlock). */
+  #write<T>(what: string, fn: () => T): Promise<T> {
+    return this.#run(what, () => this.#db.transaction(fn).immediate());
+  }
+
+  getClient(ip: string): Promise<ClientRecord | undefined> {
+    return this.#run('getClient', () =>
+      this.#db
+        .transaction(() => {
+          const row = this.#q.client.get(ip);
+          if (row === undefined) return undefined;
+          const passes: Record<string, TestPass> = {};
+          for (const p of this.#q.passes.all(ip))
+            passes[p.test] = { passedAt: p.passed_at, expiresAt: p.expires_at };
+          const record: ClientRecord = { ip, passes, lastSeen: row.last_seen, latest: row.latest };
+          if (row.dnswl_score !== null && row.dnswl_expires_at !== null) {
+            record.dnswlTrust = {
+              score: row.dnswl_score,
+              recordedAt: row.dnswl_at ?? row.last_seen,
+              expiresAt: row.dnswl_expires_at,
+            };
+          }
+          return record;
+        })
+        .deferred(),
+    );
+  }
+
+  recordPass(ip: string, test: string, ttlMs: number, now = Date.now()): Promise<void> {
+    return this.#write('recordPass', () => {
+      checkDuration('ttlMs', ttlMs);
+      this.#q.touchClient.run(ip, now, now);
+      this.#q.upsertPass.run(ip, test, now, now + ttlMs);
+      this.#q.setLatest.run(ip, ip);
+    });
+  }
+
+  recordFail(ip: string, test: string, now = Date.now()): Promise<void> {
+    return this.#write('recordFail', () => {
+      this.#q.touchClient.run(ip, now, now);
+      this.#q.deletePass.run(ip, test);
+      this.#q.setLatest.run(ip, ip);
+    });
+  }
+
+  recordDnswl(ip: string, score: number, ttlMs: number, now = Date.now()): Promise<void> {
+    return this.#write('recordDnswl', () => {
+      checkDuration('ttlMs', ttlMs);
+      this.#q.touchClient.run(ip, now, now);
+      this.#q.setDnswl.run(score, now, now + ttlMs, ip);
+      this.#q.setLatest.run(ip, ip);
+    });
+  }
+
+  cleanup(now = Date.now()): Promise<CleanupResult> {
+    const cutoff = now - this.#retentionMs;
+    return this.#write('cleanup', () => {
+      this.#q.dropPassesBefore.run(cutoff);
+      const dropped = this.#q.dropClientsBefore.run(cutoff).changes;
+      const retained = this.#q.countClients.get()?.n ?? 0;
+      return { retained, dropped, skipped: false };
+    });
+  }
+
+  greylistCheck(key: string, params: GreylistParams): Promise<GreylistResult> {
+    const now = params.now ?? Date.now();
+    return this.#write('greylistCheck', () => {
+      const row = this.#q.triplet.get(key);
+      const { result, next } = decideTriplet(
+        row && tripletState(row),
+        now,
+        params.delayMs,
+        params.retryWindowMs,
+        params.maxAgeMs,
+      );
+      this.#q.putTriplet.run(key, next.firstSeen, next.lastSeen, next.passed ? 1 : 0, next.approvedUntil);
+      return result;
+    });
+  }
+
+  awlBump(ip: string, now = Date.now(), opts: AwlOptions = {}): Promise<number> {
+    const maxAgeMs = opts.maxAgeMs ?? DEFAULT_MAX_AGE_MS;
+    return this.#write('awlBump', () => {
+      const row = this.#q.awl.get(ip);
+      const { count, next } = decideAwlBump(
+        row && { count: row.count, lastSeen: row.last_seen },
+        now,
+        maxAgeMs,
+      );
+      if (next) this.#q.putAwl.run(ip, next.count, next.lastSeen);
+      return count;
+    });
+  }
+
+  awlCount(ip: string, now = Date.now(), opts: AwlOptions = {}): Promise<number> {
+    const maxAgeMs = opts.maxAgeMs ?? DEFAULT_MAX_AGE_MS;
+    return this.#run('awlCount', () => {
+      const row = this.#q.awl.get(ip);
+      return awlCurrentCount(row && { count: row.count, lastSeen: row.last_seen }, now, maxAgeMs);
+    });
+  }
+
+  approveTriplet(key: string, ttlMs: number, now = Date.now()): Promise<boolean> {
+    return this.#write('approveTriplet', () => {
+      checkDuration('ttlMs', ttlMs);
+      const row = this.#q.triplet.get(key);
+      if (row?.passed) return false;
+      this.#q.putTriplet.run(key, row?.first_seen ?? now, row?.last_seen ?? now, 0, now + ttlMs);
+      return true;
+    });
+  }
+
+  listPending(limit: number): Promise<PendingTriplet[]> {
+    return this.#run('listPending', () =>
+      this.#q.pending.all(Math.max(0, Math.floor(limit))).map((row) => {
+        const item: PendingTriplet = { key: row.key, firstSeen: row.first_seen, lastSeen: row.last_seen };
+        if (row.approved_until > 0) item.approvedUntil = row.approved_until;
+        return item;
+      }),
+    );
+  }
+
+  async maintenance(params: MaintenanceParams): Promise<MaintenanceResult> {
+    const now = params.now ?? Date.now();
+    const result: MaintenanceResult = { triplets: 0, awl: 0 };
+    for (;;) {
+      const n = await this.#write('maintenance', () => {
+        const deleted = this.#q.expireTriplets.run(
+          now - params.maxAgeMs,
+          now - params.retryWindowMs,
+          now,
+          MAINTENANCE_BATCH,
+        );
+        return deleted.changes;
+      });
+      result.triplets += n;
+      if (n < MAINTENANCE_BATCH) break;
+      await yieldToEventLoop();
+    }
+    for (;;) {
+      const n = await this.#write('maintenance', () => {
+        return this.#q.expireAwl.run(now - params.maxAgeMs, MAINTENANCE_BATCH).changes;
+      });
+      result.awl += n;
+      if (n < MAINTENANCE_BATCH) break;
+      await yieldToEventLoop();
+    }
+    return result;
+  }
+
+  ping(): Promise<void> {
+    return this.#run('ping', () => {
+      if (this.#q.ping.get()?.ok !== 1) throw new StoreError('unavailable', 'sqlite ping: no answer');
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.#db.open) this.#db.close();
+  }
+}
+
+function tripletState(row: TripletRow): TripletState {
+  return {
+    firstSeen: row.first_seen,
+    lastSeen: row.last_seen,
+    passed: row.passed !== 0,
+    approvedUntil: row.approved_until,
+  };
+}
+
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
