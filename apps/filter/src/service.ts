@@ -1,20 +1,150 @@
 /**
- * service: filter on 10024 (amavisd-new's place). For now a pass-through hop: it spools each message
- * (memory up to filter.spoolMemoryLimit, a file beyond), forwards it to delivery with XFORWARD and
- * relays delivery's reply, so a 250 here means delivery has the message. Scanning comes in its own issue.
+ * service: filter on 10024 (amavisd-new's place between 10024 and 10025), answering in the sender's
+ * session. Per message: spool (memory up to filter.spoolMemoryLimit, a file beyond), then four checks
+ * in parallel, each reading the spool on its own (clamd INSTREAM and spamd REPORT with their own
+ * timeouts, banned files and bad headers from one streaming MIME walk), then one verdict (verdict.ts):
+ *  - quarantine first when the destiny says so (the copy with its verdict to 10026; only after its 250
+ *    does the client get an answer, else 451);
+ *  - pass: forwarded to delivery with XFORWARD and the added header fields, delivery's reply relayed
+ *    (so a 250 here means delivery has it);
+ *  - reject 554 5.7.0 / discard 250 2.7.0 / tempfail 451: our own reply, nothing forwarded (the
+ *    downstream transaction is only opened for a pass, so there is none to abort).
+ * One log line per message: client, envelope, size, each check's outcome and time, category, destiny,
+ * reply.
  */
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 import { internalSizeLimit, type MoatConfig } from '@moat/config';
 import type { Logger } from '@moat/log';
 import type { RunningService } from '@moat/service';
-import { createListener, hopReceived, type Reply } from '@moat/smtp-listener';
-import { RelayError, poolFor, RelayTransaction } from '@moat/smtp-relay';
+import { createListener, hopReceived, type Reply, type Transaction } from '@moat/smtp-listener';
+import { RelayError, poolFor, RelayTransaction, type RelayPool } from '@moat/smtp-relay';
 import { MessageSpool } from '@moat/spool';
+import { SpamdClient } from 'spamassassin-client';
+import { badHeaderCheck } from './checks/badHeaders.js';
+import { bannedCheck, parseBannedRules } from './checks/banned.js';
+import { spamCheck } from './checks/spam.js';
+import type { ScanInput } from './checks/types.js';
+import { parseClamd, virusCheck } from './checks/virus.js';
+import { type Head, readHead, rewriteHead } from './message.js';
+import { walkMime } from './mime.js';
+import { formatDestiny, Policy } from './policy.js';
+import { filterReplies } from './replies.js';
+import { CATEGORY_WORDS, decide, type Decision, type Results } from './verdict.js';
+
+const fmt = (r: Reply) => `${r.code} ${r.lines.join(' / ')}`;
+
+/** The forwarded copy: the rewritten header section, then the spool from the end of the old one. */
+async function* forwardedBody(
+  spool: MessageSpool,
+  head: Head,
+  subjectTag: string | undefined,
+): AsyncGenerator<Buffer> {
+  if (!head.complete) {
+    yield* spool.stream() as AsyncIterable<Buffer>;
+    return;
+  }
+  yield rewriteHead(head.head, { subjectTag });
+  if (head.bodyOffset < spool.size) yield* spool.stream({ start: head.bodyOffset }) as AsyncIterable<Buffer>;
+}
+
+async function relay(
+  pool: RelayPool,
+  tx: Transaction,
+  rcpt: readonly string[],
+  body: () => Readable | AsyncIterable<Buffer>,
+  prefix: Buffer,
+  logger: Logger,
+  what: string,
+): Promise<Reply> {
+  try {
+    return await RelayTransaction.send(
+      pool,
+      { ...tx.client, ident: tx.id },
+      { mailFrom: tx.mailFrom, rcptTo: tx.rcptTo.filter((r) => rcpt.includes(r.address)) },
+      body,
+      prefix,
+    );
+  } catch (err) {
+    if (!(err instanceof RelayError)) throw err;
+    logger.warn({ id: tx.id, next: err.target, err: err.message }, `${what} failed`);
+    return err.reply;
+  }
+}
 
 export async function startFilter(config: Readonly<MoatConfig>, logger: Logger): Promise<RunningService> {
   const c = config.filter;
+  for (const key of ['clamd', 'spamd'] as const) {
+    if (c[key] === 'managed') {
+      throw new Error(
+        `filter.${key} is "managed": only npm start (the launcher) runs managed daemons; ` +
+          `set filter.${key} (MOAT_FILTER_${key.toUpperCase()}) to host:port or a socket path`,
+      );
+    }
+  }
   const spoolDir = path.join(config.dataDir, 'filter');
   const delivery = poolFor('delivery', c.next, c, config.hostname, logger);
+  const quarantine = poolFor('quarantine', c.quarantine, c, config.hostname, logger);
+  const clamd = parseClamd(c.clamd);
+  const spamd = new SpamdClient(c.spamd, {
+    timeoutMs: c.spamdTimeout,
+    connectTimeoutMs: Math.min(5000, c.spamdTimeout),
+  });
+  const rules = parseBannedRules(c.bannedFiles);
+  const policy = new Policy(c, config.domains);
+  const walkOptions = {
+    archiveMaxDepth: c.archiveMaxDepth,
+    archiveMaxSize: c.archiveMaxSize,
+    archiveMaxFiles: c.archiveMaxFiles,
+  };
+  if (c.scannerFailure === 'pass')
+    logger.warn('filter.scannerFailure is pass: mail is delivered unscanned (tagged) when a scanner fails');
+
+  async function scan(spool: MessageSpool): Promise<{ results: Results; head: Head }> {
+    const input: ScanInput = { size: spool.size, stream: () => spool.stream() };
+    const mime = walkMime(spool.stream(), walkOptions);
+    const headP = readHead(spool.stream()).catch((): Head => ({
+      head: Buffer.alloc(0),
+      bodyOffset: 0,
+      complete: false,
+    }));
+    const [virus, spam, banned, [badHeader, head]] = await Promise.all([
+      virusCheck(input, { clamd, timeoutMs: c.clamdTimeout, encryptedArchives: c.encryptedArchives }),
+      spamCheck(input, { spamd, maxSize: c.spamMaxSize }),
+      bannedCheck(mime, rules),
+      headP.then(async (h) => [await badHeaderCheck(h, mime), h] as const),
+    ]);
+    return { results: { virus, spam, banned, badHeader }, head };
+  }
+
+  async function act(tx: Transaction, spool: MessageSpool, d: Decision, head: Head): Promise<Reply> {
+    const received = hopReceived(tx, { hostname: config.hostname, service: 'filter' });
+    if (d.quarantineTo.length) {
+      const q = await relay(
+        quarantine,
+        tx,
+        d.quarantineTo,
+        () => spool.stream(),
+        Buffer.concat([Buffer.from(d.quarantineHeaders, 'latin1'), received]),
+        logger,
+        'quarantine',
+      );
+      if (q.code >= 300) {
+        logger.warn({ id: tx.id, reply: fmt(q) }, 'quarantine refused the message');
+        return filterReplies.quarantineFailed(tx.id);
+      }
+    }
+    if (d.action !== 'pass') return d.reply!;
+    return relay(
+      delivery,
+      tx,
+      d.deliverTo,
+      () => forwardedBody(spool, head, d.subjectTag),
+      Buffer.concat([Buffer.from(d.headers, 'latin1'), received]),
+      logger,
+      'delivery',
+    );
+  }
 
   const listener = await createListener({
     service: 'filter',
@@ -27,6 +157,7 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
     handlers: {
       async data(body, tx): Promise<Reply> {
         const client = tx.client;
+        const started = performance.now();
         let spool: MessageSpool;
         try {
           spool = await MessageSpool.from(body, { dir: spoolDir, memoryLimit: c.spoolMemoryLimit });
@@ -38,35 +169,62 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
           throw err;
         }
         try {
+          const spooledMs = Math.round(performance.now() - started);
+          const { results, head } = await scan(spool);
+          const scannedMs = Math.round(performance.now() - started);
           const rcpt = tx.rcptTo.map((r) => r.address);
-          const received = hopReceived(tx, { hostname: config.hostname, service: 'filter' });
-          const started = Date.now();
-          let r: Reply;
-          try {
-            r = await RelayTransaction.send(
-              delivery,
-              { ...client, ident: tx.id },
-              { mailFrom: tx.mailFrom, rcptTo: tx.rcptTo },
-              () => spool.stream(),
-              received,
-            );
-          } catch (err) {
-            if (!(err instanceof RelayError)) throw err;
-            logger.warn({ id: tx.id, next: err.target, err: err.message }, 'delivery failed');
-            r = err.reply;
-          }
+          const d = decide(
+            results,
+            rcpt.map((a) => policy.for(a)),
+            {
+              id: tx.id,
+              hostname: config.hostname,
+              spamSubjectTag: c.spamSubjectTag,
+              uncheckedSubjectTag: c.uncheckedSubjectTag,
+              dsnCutoffLevel: c.dsnCutoffLevel,
+            },
+          );
+          const r = await act(tx, spool, d, head);
+          const actedMs = Math.round(performance.now() - started);
+          const outcome =
+            r.code >= 400
+              ? r.code >= 500
+                ? 'rejected'
+                : 'deferred'
+              : d.action === 'pass'
+                ? 'passed'
+                : 'discarded';
+          const checks = Object.fromEntries(
+            Object.values(results).map((x) => [x.check, { outcome: x.outcome, detail: x.detail, ms: x.ms }]),
+          );
           logger.info(
             {
               id: tx.id,
               ident: client.ident,
               client: client.address,
+              helo: client.helo,
               from: tx.mailFrom.address,
               to: rcpt,
               size: spool.size,
-              relayMs: Date.now() - started,
-              reply: `${r.code} ${r.lines.join(' / ')}`,
+              checks,
+              score: results.spam.data.score,
+              category: CATEGORY_WORDS[d.category],
+              categories: d.categories.map((x) => CATEGORY_WORDS[x]),
+              destiny: d.recipients.map(
+                (v) => `${v.address}: ${formatDestiny(v.destiny)}${v.bypass ? ' (bypass)' : ''}`,
+              ),
+              result: `${d.action === 'pass' && r.code < 300 ? 'Passed' : 'Blocked'} ${CATEGORY_WORDS[d.category]}`,
+              delivered: d.action === 'pass' && r.code < 300 ? d.deliverTo : [],
+              quarantined: d.quarantineTo.length > 0 && r.code < 400 ? d.quarantineTo : [],
+              ...(d.dsnSuppressed ? { dsn: 'suppressed' } : {}),
+              ...(c.scannerFailure === 'pass' ? { scannerFailure: 'pass' } : {}),
+              spoolMs: spooledMs,
+              scanMs: scannedMs - spooledMs,
+              relayMs: actedMs - scannedMs,
+              ms: Math.round(performance.now() - started),
+              reply: fmt(r),
             },
-            r.code < 300 ? 'passed' : 'not passed',
+            outcome,
           );
           return r;
         } finally {
@@ -80,6 +238,7 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
     async stop() {
       await listener.close();
       delivery.close();
+      quarantine.close();
     },
   };
 }

@@ -6,6 +6,12 @@
  * time, like Postfix's smtpd_proxy_filter: MAIL and every accepted RCPT are relayed as they come and
  * filter's replies handed back, the body is streamed as it arrives, and the client's final reply is
  * filter's final reply. So a 250 here means filter (and so delivery) has the message.
+ *
+ * RCPT, in Postfix's order: relay protection (554 5.7.1), unknown recipients (550 5.1.1), then
+ * greylisting per recipient (451 4.7.1, or 451 4.3.0 when the store fails), then filter's own answer.
+ * Nobody is greylisted into an open relay, and an unknown user gets a 5xx, not a 4xx. On a triplet's
+ * first pass the X-Greylist header goes on top of the message, under this hop's Received header.
+ * The optional policy port (greylist.policyListen) runs in this process on the same engine.
  */
 import { type MoatConfig } from '@moat/config';
 import type { Logger } from '@moat/log';
@@ -13,9 +19,13 @@ import type { RunningService } from '@moat/service';
 import { createListener, ensureTlsCertificate, hopReceived, type Reply } from '@moat/smtp-listener';
 import { poolFor, RelayError, RelayTransaction } from '@moat/smtp-relay';
 import { relayCheck } from './checks/relay.js';
+import { postgreyLine } from './greylisting/engine.js';
+import { setupGreylisting } from './greylisting/setup.js';
+import { startPolicyServer } from './policy-server.js';
 import { greylistReplies } from './replies.js';
 
 const RELAY = 'relay';
+const X_GREYLIST = 'x-greylist';
 
 function relayOf(state: Record<string, unknown>): RelayTransaction | undefined {
   return state[RELAY] as RelayTransaction | undefined;
@@ -30,6 +40,8 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
     hostname: config.hostname,
   });
   if (tls.generated) logger.info({ dir: config.dataDir }, 'generated a self-signed certificate for STARTTLS');
+  const grey = await setupGreylisting(config, logger);
+  const policy = c.policyListen ? await startPolicyServer(config, grey.engine, logger) : undefined;
   const filter = poolFor('filter', c.next, c, config.hostname, logger);
   const fail = (id: string, stage: string, err: unknown): Reply => {
     if (err instanceof RelayError) {
@@ -53,6 +65,7 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
     logger,
     handlers: {
       async mailFrom(tx) {
+        if (c.enabled) grey.engine.prefetch(tx.client.address, tx.client.name);
         try {
           const { tx: relay, reply } = await RelayTransaction.begin(
             filter,
@@ -82,6 +95,35 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
           );
           return r;
         }
+        const who = { id: tx.id, client: tx.client.address, from: tx.mailFrom.address, to: rcpt.address };
+        if (grey.recipients.current.unknown(rcpt.address, verdict.domain)) {
+          const r = greylistReplies.unknownUser(rcpt.address);
+          logger.info({ ...who, reply: `${r.code} ${r.lines[0]}` }, 'NOQUEUE: reject: RCPT');
+          return r;
+        }
+        if (c.enabled) {
+          const request = {
+            clientAddress: tx.client.address,
+            clientName: tx.client.name,
+            helo: tx.client.helo,
+            sender: tx.mailFrom.address || '',
+            recipient: rcpt.address,
+          };
+          const d = await grey.engine.decide(request);
+          const line = postgreyLine(d, request);
+          if (d.action === 'tempfail') {
+            const r = greylistReplies.storeFailed(rcpt.address);
+            logger.warn({ ...who, err: d.error, reply: `${r.code} ${r.lines[0]}` }, line);
+            return r;
+          }
+          if (d.action === 'greylist') {
+            const r = greylistReplies.greylisted(rcpt.address, d.text);
+            logger.info({ ...who, key: d.key, keyedOn: d.keyedOn, reply: `${r.code} ${r.lines[0]}` }, line);
+            return r;
+          }
+          logger.info({ ...who, key: d.key, keyedOn: d.keyedOn, entry: d.entry }, line);
+          if (d.header && tx.state[X_GREYLIST] === undefined) tx.state[X_GREYLIST] = d.header;
+        }
         const relay = relayOf(tx.state);
         if (!relay) return fail(tx.id, 'RCPT', new RelayError('lost', 'no transaction', 'filter'));
         try {
@@ -105,9 +147,11 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
           service: 'greylist',
           with: session.raw.transmissionType || 'ESMTP',
         });
+        const header = tx.state[X_GREYLIST] as string | undefined;
+        const prefix = header ? Buffer.concat([received, Buffer.from(`${header}\r\n`, 'utf8')]) : received;
         let r: Reply;
         try {
-          r = await relay.data(body, received);
+          r = await relay.data(body, prefix);
         } catch (err) {
           if (!(err instanceof RelayError)) {
             logger.info(
@@ -142,8 +186,10 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
   logger.info({ listen: `${listener.address.host}:${listener.address.port}` }, 'listening');
   return {
     async stop() {
+      await policy?.close();
       await listener.close();
       filter.close();
+      await grey.close();
     },
   };
 }

@@ -1,17 +1,22 @@
 /**
- * splice: hands a client's live connection to greylist behind a PROXY v1 header and from then on is a
- * byte pipe both ways (no-delay on both sockets). A replica that refuses is skipped for the next one;
- * when none answers within nextConnectTimeout the client gets 421 4.3.2 and is disconnected.
+ * splice: hands a client's live connection to greylist behind a PROXY v1 header naming the real client,
+ * and from then on is a byte pipe both ways (no-delay on both sockets). A replica that refuses is
+ * skipped for the next one; when none answers within nextConnectTimeout the client gets 421 4.3.2 and
+ * is disconnected. Bytes screen already read (a pregreet under `ignore`) go first.
+ *
+ * With a DeepWatcher, both directions pass through it until it is done (first RCPT, DATA, or every
+ * test decided), then the sockets are piped directly. On a violation the session's `onViolation`
+ * decides: keep forwarding (ignore), or take the client back (drop/enforce: the upstream is closed and
+ * splice resolves 'taken'). Exports splice, connectUpstream and SpliceOptions.
  */
-import net from 'node:net';
+import type net from 'node:net';
+import { connect } from 'node:net';
 import { parseHostPort } from '@moat/config';
 import type { Logger } from '@moat/log';
+import type { ClientResult, DeepWatcher } from './deep.js';
+import { sendAndClose } from './engine.js';
 import { proxyV1Header } from './proxy-protocol.js';
-
-export const screenReplies = {
-  /** postscreen's text when no smtpd process can take the connection. */
-  serverBusy: '421 4.3.2 All server ports are busy',
-} as const;
+import { replies } from './replies.js';
 
 export interface SpliceOptions {
   targets: readonly string[];
@@ -19,12 +24,28 @@ export interface SpliceOptions {
   logger: Logger;
 }
 
+export interface Endpoint {
+  address: string;
+  port: number;
+}
+
+export interface SpliceSession {
+  client: net.Socket;
+  source: Endpoint;
+  destination: Endpoint;
+  /** Already read from the client; sent to greylist first. */
+  initial?: Buffer;
+  watcher?: DeepWatcher;
+  /** 'stop': the session takes the client back (the chunk is not forwarded). */
+  onDeep?: (r: ClientResult) => 'forward' | 'stop';
+}
+
 let rr = 0;
 
 function connectOnce(target: string, timeoutMs: number): Promise<net.Socket> {
   const hp = parseHostPort(target)!;
   return new Promise((resolve, reject) => {
-    const sock = net.connect({ host: hp.host, port: hp.port });
+    const sock = connect({ host: hp.host, port: hp.port, noDelay: true });
     const timer = setTimeout(() => {
       sock.destroy();
       reject(new Error(`connect to ${target} timed out`));
@@ -55,44 +76,82 @@ export async function connectUpstream(o: SpliceOptions): Promise<net.Socket> {
   throw last ?? new Error('no greylist address');
 }
 
-/** Splices `client` to a new upstream connection; resolves when both sides are closed. */
-export async function splice(client: net.Socket, o: SpliceOptions): Promise<'spliced' | 'busy'> {
+/** Splices the client to a new upstream connection; resolves when both sides are closed. */
+export async function splice(s: SpliceSession, o: SpliceOptions): Promise<'spliced' | 'busy' | 'taken'> {
+  const client = s.client;
   client.setNoDelay(true);
   client.pause();
   let upstream: net.Socket;
   try {
     upstream = await connectUpstream(o);
   } catch {
-    client.end(`${screenReplies.serverBusy}\r\n`);
+    sendAndClose(client, `${replies.serverBusy}\r\n`);
     return 'busy';
   }
   if (client.destroyed) {
     upstream.destroy();
     return 'spliced';
   }
-  upstream.setNoDelay(true);
-  upstream.write(
-    proxyV1Header(
-      { address: client.remoteAddress ?? '0.0.0.0', port: client.remotePort ?? 0 },
-      { address: client.localAddress ?? '0.0.0.0', port: client.localPort ?? 0 },
-    ),
-  );
+  upstream.write(proxyV1Header(s.source, s.destination));
   const closeBoth = () => {
     client.destroy();
     upstream.destroy();
   };
   client.on('error', closeBoth);
   upstream.on('error', closeBoth);
-  client.pipe(upstream);
-  upstream.pipe(client);
-  client.resume();
-  await new Promise<void>((resolve) => {
+  return new Promise((resolve) => {
     let open = 2;
+    let taken = false;
     const done = () => {
-      if (--open === 0) resolve();
+      if (--open === 0) resolve(taken ? 'taken' : 'spliced');
+    };
+    const pipeDirect = () => {
+      client.pipe(upstream);
+      upstream.pipe(client);
     };
     client.once('close', done);
     upstream.once('close', done);
+    const w = s.watcher;
+    if (!w || w.done) {
+      if (s.initial?.length) upstream.write(s.initial);
+      pipeDirect();
+      client.resume();
+      return;
+    }
+    // watched: by hand, with back-pressure, until the watcher is done
+    const fromServer = (chunk: Buffer) => {
+      w.server(chunk);
+      if (!client.write(chunk)) {
+        upstream.pause();
+        client.once('drain', () => upstream.resume());
+      }
+    };
+    const fromClient = (chunk: Buffer) => {
+      const r = w.client(chunk);
+      if ((r.violations.length > 0 || r.passed.length > 0) && s.onDeep?.(r) === 'stop') {
+        taken = true;
+        client.removeListener('data', fromClient);
+        upstream.removeListener('data', fromServer);
+        client.removeListener('error', closeBoth);
+        client.removeListener('close', done);
+        client.pause();
+        upstream.destroy();
+        if (open === 2) open = 1;
+        return;
+      }
+      if (!upstream.write(chunk)) {
+        client.pause();
+        upstream.once('drain', () => client.resume());
+      }
+      if (r.done) {
+        client.removeListener('data', fromClient);
+        upstream.removeListener('data', fromServer);
+        pipeDirect();
+      }
+    };
+    upstream.on('data', fromServer);
+    client.on('data', fromClient);
+    if (s.initial?.length) fromClient(s.initial);
+    if (!taken) client.resume();
   });
-  return 'spliced';
 }

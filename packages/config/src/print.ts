@@ -7,7 +7,7 @@ import type { MoatConfig } from './schema.js';
 import { formatDuration } from './units.js';
 
 const SECRET_KEY = /(password|secret|token|apikey|api_key)$/i;
-const DURATION_KEY = /(timeout|delay|wait|ttl|age|window|interval|retention|lifetime|time)$/i;
+const DURATION_KEY = /(timeout|delay|wait|ttl|age|window|interval|retention|lifetime|time|timelimit)$/i;
 const SIZE_KEY = /(size|sizelimit|memorylimit|maxsize)$/i;
 
 export function maskSecrets(key: string, value: unknown): unknown {

@@ -22,7 +22,7 @@ async function configFile(): Promise<{ file: string; dataDir: string; screen: nu
     domains: ['example.test'],
     dataDir,
     screen: { listen: `127.0.0.1:${screen}` },
-    greylist: { listen: await port() },
+    greylist: { listen: await port(), enabled: false },
     filter: { listen: await port() },
     delivery: { listen: await port() },
     quarantine: { listen: await port(), http: await port() },

@@ -2,10 +2,18 @@
  * moat (npm start): the whole chain on one machine. Validates the configuration once (a mistake stops
  * here with every bad key named), then runs the five services under the supervisor until Ctrl-C or
  * SIGTERM. Services start from the back of the chain, so each next hop is up before its client.
+ *
+ * Managed daemons: filter.clamd / filter.spamd default to `managed`, so `npm start` on a fresh machine
+ * scans for real: the launcher starts clamd and spamd itself (@moat/daemons, state under
+ * dataDir/daemons, loopback, EICAR-only signatures until freshclam's databases are added), hands the
+ * filter their addresses (MOAT_FILTER_CLAMD / MOAT_FILTER_SPAMD in the children's environment), and
+ * stops them after the services. Containers and real installations set addresses instead.
  */
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, loadConfig, printConfig } from '@moat/config';
+import { type DaemonHandle, startClamd, startSpamd } from '@moat/daemons';
 import { Supervisor } from './supervisor.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -31,8 +39,56 @@ process.stdout.write(
     `mail for ${c.domains.join(', ')} on ${c.screen.listen} -> Maildir ${c.delivery.maildir}\n`,
 );
 
+/** Starts the daemons filter.clamd / filter.spamd name as `managed`; returns them and their variables. */
+async function managedDaemons(): Promise<{ handles: DaemonHandle[]; env: Record<string, string> }> {
+  const wanted = { clamd: c.filter.clamd === 'managed', spamd: c.filter.spamd === 'managed' };
+  if (!wanted.clamd && !wanted.spamd) return { handles: [], env: {} };
+  const start = async (stateDir: string) => {
+    const handles: DaemonHandle[] = [];
+    try {
+      const [clamd, spamd] = await Promise.all([
+        wanted.clamd ? startClamd({ stateDir }) : undefined,
+        wanted.spamd ? startSpamd({ stateDir }) : undefined,
+      ]);
+      const env: Record<string, string> = {};
+      if (clamd) {
+        handles.push(clamd);
+        env.MOAT_FILTER_CLAMD = clamd.address;
+      }
+      if (spamd) {
+        handles.push(spamd);
+        env.MOAT_FILTER_SPAMD = spamd.address;
+      }
+      return { handles, env };
+    } catch (err) {
+      await Promise.all(handles.map((h) => h.stop()));
+      throw err;
+    }
+  };
+  try {
+    return await start(path.join(c.dataDir, 'daemons'));
+  } catch (err) {
+    // as root the daemons drop privileges and need a folder they can reach
+    if (!/not traversable/.test((err as Error).message)) throw err;
+    return start(path.join(os.tmpdir(), `moat-daemons-${process.getuid?.() ?? 0}`));
+  }
+}
+
+let daemons: { handles: DaemonHandle[]; env: Record<string, string> };
+try {
+  daemons = await managedDaemons();
+} catch (err) {
+  process.stderr.write(
+    `moat: filter.clamd/filter.spamd are "managed" but the daemons could not be started:\n${(err as Error).message}\n` +
+      `moat: install them (clamav-daemon, spamassassin, spamd) or set filter.clamd / filter.spamd to addresses\n`,
+  );
+  process.exit(1);
+}
+for (const h of daemons.handles)
+  process.stdout.write(`moat: managed ${h.name} on ${h.address} (pid ${h.pid})\n`);
+
 // children resolve relative paths against the repository root, as this process does
-const env = { ...process.env, MOAT_CONFIG: loaded.file, MOAT_DATA_DIR: c.dataDir };
+const env = { ...process.env, MOAT_CONFIG: loaded.file, MOAT_DATA_DIR: c.dataDir, ...daemons.env };
 const supervisor = new Supervisor({ root, services: SERVICES, env });
 supervisor.start();
 
@@ -41,7 +97,10 @@ const stop = (signal: string) => {
   if (stopping) process.exit(1);
   stopping = true;
   process.stdout.write(`moat: ${signal}: stopping the services\n`);
-  void supervisor.stop().then(() => process.exit(0));
+  void supervisor
+    .stop()
+    .then(() => Promise.all(daemons.handles.map((h) => h.stop())))
+    .then(() => process.exit(0));
 };
 process.on('SIGINT', () => stop('SIGINT'));
 process.on('SIGTERM', () => stop('SIGTERM'));

@@ -4,9 +4,11 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
 import YAML from 'yaml';
+import { type DaemonHandle, ENV, startClamd, startSpamd } from '@moat/daemons';
 import { freePort, repoRoot, tmpDir, waitFor } from './net.js';
 
 export const SERVICES = ['delivery', 'quarantine', 'filter', 'greylist', 'screen'] as const;
@@ -101,6 +103,8 @@ export class Chain {
     readonly config: Json,
     readonly env: NodeJS.ProcessEnv,
     readonly nodeArgs: string[] = [],
+    /** clamd/spamd started for this chain (when MOAT_TEST_CLAMD/MOAT_TEST_SPAMD were not given). */
+    readonly daemons: DaemonHandle[] = [],
   ) {}
 
   get maildir(): string {
@@ -123,14 +127,41 @@ export class Chain {
       quarantine: await freePort(),
       http: await freePort(),
     };
+    // filter scans with the real daemons: those of `npm test` (MOAT_TEST_*), else its own
+    const services = o.services ?? SERVICES;
+    const daemons: DaemonHandle[] = [];
+    let clamd = process.env[ENV.clamd];
+    let spamd = process.env[ENV.spamd];
+    if (services.includes('filter') && (!clamd || !spamd)) {
+      // as root the daemons drop privileges: their folder must be traversable, which dataDir is not
+      const stateDir = path.join(os.tmpdir(), `moat-chain-daemons-${process.pid}-${ports.filter}`);
+      try {
+        const [c, s] = await Promise.all([
+          clamd ? undefined : startClamd({ stateDir }),
+          spamd ? undefined : startSpamd({ stateDir }),
+        ]);
+        if (c) daemons.push(c);
+        if (s) daemons.push(s);
+        clamd ??= c?.address;
+        spamd ??= s?.address;
+      } catch (err) {
+        await Promise.all(daemons.map((d) => d.stop()));
+        throw err;
+      }
+    }
     const base: Json = {
       hostname: 'mx.example.test',
       domains: ['example.test'],
       dataDir,
       log: { level: 'info' },
       screen: { listen: `127.0.0.1:${ports.screen}` },
-      greylist: { listen: `127.0.0.1:${ports.greylist}`, nextTimeout: '10s' },
-      filter: { listen: `127.0.0.1:${ports.filter}`, nextTimeout: '10s' },
+      greylist: { listen: `127.0.0.1:${ports.greylist}`, nextTimeout: '10s', enabled: false },
+      filter: {
+        listen: `127.0.0.1:${ports.filter}`,
+        nextTimeout: '10s',
+        clamd: clamd ?? '127.0.0.1:3310',
+        spamd: spamd ?? '127.0.0.1:783',
+      },
       delivery: { listen: `127.0.0.1:${ports.delivery}` },
       quarantine: { listen: `127.0.0.1:${ports.quarantine}`, http: `127.0.0.1:${ports.http}` },
     };
@@ -141,9 +172,9 @@ export class Chain {
     // the test's configuration alone counts: no MOAT_* from the developer's shell
     for (const k of Object.keys(env)) if (k.startsWith('MOAT_') && !k.startsWith('MOAT_TEST_')) delete env[k];
     Object.assign(env, o.env, { MOAT_CONFIG: configFile });
-    const chain = new Chain(ports, dataDir, configFile, config, env, o.nodeArgs);
+    const chain = new Chain(ports, dataDir, configFile, config, env, o.nodeArgs, daemons);
     try {
-      for (const name of o.services ?? SERVICES) await chain.start(name);
+      for (const name of services) await chain.start(name);
     } catch (err) {
       await chain.stop();
       throw err;
@@ -184,5 +215,6 @@ export class Chain {
 
   async stop(): Promise<void> {
     await Promise.all([...this.processes.values()].map((p) => p.stop()));
+    await Promise.all(this.daemons.splice(0).map((d) => d.stop()));
   }
 }

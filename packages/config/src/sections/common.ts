@@ -22,6 +22,14 @@ export const common = {
         .transform((d) => d.toLowerCase()),
     )
     .default(['example.test']),
+  /**
+   * Known recipients (Postfix: local_recipient_maps): addresses and `@domain` catch-alls. When this or
+   * recipientsFiles is set, an unknown address in a local domain gets 550 5.1.1; when both are empty,
+   * every address in `domains` is accepted.
+   */
+  recipients: z.array(z.string()).default([]),
+  /** Files of known recipients (one a line, # comments), reloaded when they change. */
+  recipientsFiles: z.array(z.string()).default([]),
   /** All embedded state lives under it (spools, queue, SQLite, generated TLS certificate). */
   dataDir: z.string().min(1).default('./data'),
   /**

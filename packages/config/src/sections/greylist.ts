@@ -1,8 +1,12 @@
 /**
- * greylist: the MX smtpd behind screen (relay checks, limits, STARTTLS, later Postgrey's rules).
+ * greylist: the MX smtpd behind screen (relay checks, limits, STARTTLS) and Postgrey's rules applied
+ * at RCPT, plus the optional Postfix policy port. Greylisting keys keep Postgrey's option names (in
+ * camelCase) and defaults: --delay=300, --retry-window=2d, --max-age=35d, --auto-whitelist-clients=5,
+ * --lookup-by-subnet with --ipv4cidr=24 and --ipv6cidr=64, --greylist-text, --x-greylist-header.
  */
 import { z } from 'zod';
-import { cidr, duration, size } from '../units.js';
+import { cidr, duration, hostPort, size } from '../units.js';
+import { LOOPBACK } from './common.js';
 import { internalListener, nextHop } from './hop.js';
 
 export const greylist = z
@@ -17,5 +21,62 @@ export const greylist = z
     recipientLimit: z.number().int().min(1).default(1000),
     /** Idle client between commands (Postfix: smtpd_timeout). */
     idleTimeout: duration('300s'),
+
+    /** Greylisting on or off; relay protection, known recipients and limits apply either way. */
+    enabled: z.boolean().default(true),
+    /** Key the triplet on the client's network (Postgrey --lookup-by-subnet) or its exact address (--lookup-by-host). */
+    lookupBy: z.enum(['subnet', 'host']).default('subnet'),
+    /** IPv4 prefix length of the client network with lookupBy: subnet (Postgrey --ipv4cidr). */
+    ipv4Cidr: z.number().int().min(1).max(32).default(24),
+    /** IPv6 prefix length of the client network with lookupBy: subnet (Postgrey --ipv6cidr). */
+    ipv6Cidr: z.number().int().min(1).max(128).default(64),
+    /** A new triplet passes once it retries this long after first sight (Postgrey --delay). */
+    delay: duration('300s'),
+    /** A first retry later than this after first sight starts over (Postgrey --retry-window). */
+    retryWindow: duration('2d'),
+    /** Triplets and AWL entries unseen this long are forgotten (Postgrey --max-age). */
+    maxAge: duration('35d'),
+    /** First passes (counted once an hour per exact client address) before a client skips greylisting; 0 = off (Postgrey --auto-whitelist-clients). */
+    autoWhitelistClients: z.number().int().min(0).default(5),
+    /** Text of the 451 reply (Postgrey --greylist-text): %s = seconds left, %r = recipient domain. Empty = "Greylisted, see <helpUrl>". */
+    text: z.string().default(''),
+    /** Where the default text sends senders; %r = recipient domain. */
+    helpUrl: z.string().default('http://postgrey.schweikert.ch/help/%r.html'),
+    /** Header added on a triplet's first pass (Postgrey --x-greylist-header): %t delay, %h host name, %d date, %v version. Empty = none. */
+    xGreylistHeader: z.string().default('X-Greylist: delayed %t seconds by moat-greylist at %h; %d'),
+    /** Client whitelist entries: host-name domain (and its subdomains), IP, IP prefix, CIDR or /regexp/ (Postgrey whitelist_clients). */
+    whitelistClients: z.array(z.string()).default([]),
+    /** Files of client entries (one a line, # comments), reloaded when they change (Postgrey --whitelist-clients). */
+    whitelistClientsFiles: z.array(z.string()).default([]),
+    /** Recipient whitelist entries: domain (and subdomains), name@, name@domain or /regexp/ (Postgrey whitelist_recipients). */
+    whitelistRecipients: z.array(z.string()).default([]),
+    /** Files of recipient entries, reloaded when they change (Postgrey --whitelist-recipients). */
+    whitelistRecipientsFiles: z.array(z.string()).default([]),
+    /** Also use the list of well-known senders that retry from pools shipped with moat (apps/greylist/data/whitelist_clients). */
+    useDefaultWhitelist: z.boolean().default(true),
+    /**
+     * Reverse lookup of the client (PTR, then forward-confirmed A/AAAA, through dns.servers) so that
+     * host-name whitelist entries can match: once per client address, cached, never longer than
+     * dns.timeout; a failure only means "no name". Not needed on the policy port (Postfix sends client_name).
+     */
+    reverseLookup: z.boolean().default(true),
+    /** Skip greylisting for a client screen trusts: unexpired DNSWL trust with a negative score in the shared store. */
+    trustScreen: z.boolean().default(true),
+    /** Screen tests whose unexpired pass also counts as trust (e.g. [pipelining, non_smtp, bare_newline]); empty = DNSWL only. */
+    trustScreenTests: z.array(z.string()).default([]),
+    /** Key the triplet on the sender's domain instead of the client network when the client passes the domain's SPF (a pool's retry from another address then passes). */
+    spfKeying: z.boolean().default(true),
+    /** How long an SPF answer for (client, domain) is reused. */
+    spfCacheTtl: duration('10m'),
+    /** How long an operator's approval of a pending triplet holds (`moat-greylist approve`). */
+    approveTtl: duration('1d'),
+    /** Optional Postfix policy delegation listener (Postgrey --inet), e.g. 127.0.0.1:10040; empty = off. */
+    policyListen: z.union([z.literal(''), hostPort()]).default(''),
+    /** Who may connect to the policy port (CIDR). */
+    policyPeers: z.array(cidr()).default(LOOPBACK),
+    /** Deadline of every call to the reputation store; past it: 451 4.3.0. */
+    storeTimeout: duration('1s'),
+    /** How often expired triplets and AWL entries are removed (in small batches, mail keeps flowing). */
+    maintenanceInterval: duration('1h'),
   })
   .prefault({});

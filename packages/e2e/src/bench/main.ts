@@ -76,10 +76,13 @@ async function main(): Promise<void> {
           `(Postfix's postscreen->smtpd->queue path: about 10%; goal 20%)\n`,
       );
     }
+    await (await import('./greylist.js')).greylistBench(quick);
+    await (await import('./screen.js')).benchScreen();
   } finally {
     await chain.stop();
     await sink.stop();
   }
+  await (await import('./filter.js')).benchFilter(quick);
 }
 
 main().catch((err: unknown) => {

@@ -1,0 +1,110 @@
+/**
+ * cache: postscreen's temporary allowlist, kept in the shared reputation store (@moat/reputation:
+ * SQLite under dataDir by default, Redis with `store: redis://...`), so screen replicas, restarts and
+ * greylist see the same passes. One expiry per test per client address; expired entries are kept for
+ * cacheRetention and dropped every cacheCleanupInterval (one cleaner at a time, the store's lock).
+ *
+ * Promise: the store never blocks mail. A lookup that fails or is slower than LOOKUP_TIMEOUT_MS is
+ * "unknown" (the client runs the tests, as a new one would); a failed write is logged and forgotten.
+ * Warnings are logged at most once a minute. Exports PassCache.
+ */
+import { openStore, type ClientRecord, type ReputationStore } from '@moat/reputation';
+import type { Logger } from '@moat/log';
+import { logText } from './replies.js';
+
+/** The store's own deadline for each call on the connection path. */
+export const LOOKUP_TIMEOUT_MS = 500;
+const WARN_EVERY_MS = 60_000;
+
+export interface CacheOptions {
+  store: string;
+  dataDir: string;
+  retentionMs: number;
+  cleanupIntervalMs: number;
+  logger: Logger;
+}
+
+export class PassCache {
+  #store: ReputationStore | undefined;
+  #warnedAt = 0;
+  #cleanup: NodeJS.Timeout | undefined;
+  readonly #logger: Logger;
+
+  private constructor(store: ReputationStore | undefined, logger: Logger) {
+    this.#store = store;
+    this.#logger = logger;
+  }
+
+  static async open(o: CacheOptions): Promise<PassCache> {
+    let store: ReputationStore | undefined;
+    try {
+      store = await openStore(o.store, {
+        dataDir: o.dataDir,
+        timeoutMs: LOOKUP_TIMEOUT_MS,
+        retentionMs: o.retentionMs,
+      });
+    } catch (err) {
+      o.logger.error({ err: (err as Error).message, store: o.store }, logText.cacheDown);
+    }
+    const cache = new PassCache(store, o.logger);
+    if (store && o.cleanupIntervalMs > 0) {
+      cache.#cleanup = setInterval(() => void cache.cleanup(), o.cleanupIntervalMs);
+      cache.#cleanup.unref();
+    }
+    return cache;
+  }
+
+  get kind(): string {
+    return this.#store?.kind ?? 'none';
+  }
+
+  #warn(err: unknown, what: string): void {
+    const now = Date.now();
+    if (now - this.#warnedAt < WARN_EVERY_MS) return;
+    this.#warnedAt = now;
+    this.#logger.warn({ err: (err as Error).message, what }, logText.cacheDown);
+  }
+
+  /** The client's record; undefined when unknown or when the store cannot answer. */
+  async lookup(ip: string): Promise<ClientRecord | undefined> {
+    if (!this.#store) return undefined;
+    try {
+      return await this.#store.getClient(ip);
+    } catch (err) {
+      this.#warn(err, 'lookup');
+      return undefined;
+    }
+  }
+
+  pass(ip: string, test: string, ttlMs: number): void {
+    this.#store?.recordPass(ip, test, ttlMs).catch((err: unknown) => this.#warn(err, 'record pass'));
+  }
+
+  fail(ip: string, test: string): void {
+    this.#store?.recordFail(ip, test).catch((err: unknown) => this.#warn(err, 'record fail'));
+  }
+
+  dnswl(ip: string, score: number, ttlMs: number): void {
+    this.#store?.recordDnswl(ip, score, ttlMs).catch((err: unknown) => this.#warn(err, 'record dnswl'));
+  }
+
+  async cleanup(): Promise<void> {
+    if (!this.#store) return;
+    try {
+      const r = await this.#store.cleanup();
+      if (!r.skipped) {
+        this.#logger.info(
+          { retained: r.retained, dropped: r.dropped },
+          `cache ${this.kind} cleanup: retained=${r.retained} dropped=${r.dropped}`,
+        );
+      }
+    } catch (err) {
+      this.#warn(err, 'cleanup');
+    }
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.#cleanup);
+    await this.#store?.close().catch(() => undefined);
+  }
+}
