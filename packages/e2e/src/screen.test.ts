@@ -186,6 +186,21 @@ describe('screen with dnsblAction enforce (greetAction ignore)', () => {
     // broken.test failed its test points at start: its listing does not count
     expect(broken).toMatch(/^2\d\d /);
     await screenLog(/^PASS NEW \[127\.0\.8\.13\]:\d+$/);
+    // and both are exposed for monitoring, secret names only by their public names
+    const statusFile = path.join(chain.dataDir, 'screen', 'dnsbl-status.json');
+    const status = await waitFor(
+      () => {
+        if (!fs.existsSync(statusFile)) return undefined;
+        const s = JSON.parse(fs.readFileSync(statusFile, 'utf8')) as {
+          zones: { name: string; state: string }[];
+        };
+        return s.zones.find((z) => z.name === 'quota.test')?.state === 'broken' ? s : undefined;
+      },
+      15_000,
+      'dnsbl-status.json to show quota.test broken',
+    );
+    expect(status.zones.find((z) => z.name === 'broken.test')?.state).toBe('broken');
+    expect(JSON.stringify(status)).not.toContain('k3y');
   });
 
   it('a DNSWL-trusted client ends the wait early and passes every test', async () => {

@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, loadConfig, printConfig } from '@moat/config';
-import { type DaemonHandle, startClamd, startSpamd } from '@moat/daemons';
+import { type DaemonHandle, ensureInstalled, startClamd, startSpamd } from '@moat/daemons';
 import { Supervisor } from './supervisor.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -43,6 +43,12 @@ process.stdout.write(
 async function managedDaemons(): Promise<{ handles: DaemonHandle[]; env: Record<string, string> }> {
   const wanted = { clamd: c.filter.clamd === 'managed', spamd: c.filter.spamd === 'managed' };
   if (!wanted.clamd && !wanted.spamd) return { handles: [], env: {} };
+  // a fresh machine: as root on Debian the missing packages are installed (one apt-get install),
+  // anywhere else this throws with the exact packages to install
+  ensureInstalled([
+    ...(wanted.clamd ? (['clamd'] as const) : []),
+    ...(wanted.spamd ? (['spamd'] as const) : []),
+  ]);
   const start = async (stateDir: string) => {
     const handles: DaemonHandle[] = [];
     try {
