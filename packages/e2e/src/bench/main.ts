@@ -7,11 +7,15 @@
  *
  *   npm run bench                 all scenarios
  *   npm run bench -- --quick      1 KB, 10 sessions only
+ *   npm run bench -- --only filter   one scenario: chain, greylist, screen or filter
  */
 import { Chain, freePort, smtpSink } from '@moat/testkit';
 import { cpuMs, latency, percentile, throughput } from './measure.js';
 
 const quick = process.argv.includes('--quick');
+const onlyAt = process.argv.indexOf('--only');
+const only = onlyAt >= 0 ? process.argv[onlyAt + 1] : undefined;
+const wanted = (name: string) => !only || only === name;
 
 interface Row {
   scenario: string;
@@ -25,6 +29,13 @@ function fmt(n: number, digits = 0): string {
 }
 
 async function main(): Promise<void> {
+  if (wanted('chain')) await benchChain();
+  if (wanted('greylist')) await (await import('./greylist.js')).greylistBench(quick);
+  if (wanted('screen')) await (await import('./screen.js')).benchScreen();
+  if (wanted('filter')) await (await import('./filter.js')).benchFilter(quick);
+}
+
+async function benchChain(): Promise<void> {
   const sinkPort = await freePort();
   const sink = await smtpSink(sinkPort);
   // The chain scenario measures the plumbing: every message is still scanned by clamd, but none is
@@ -79,13 +90,10 @@ async function main(): Promise<void> {
           `(Postfix's postscreen->smtpd->queue path: about 10%; goal 20%)\n`,
       );
     }
-    await (await import('./greylist.js')).greylistBench(quick);
-    await (await import('./screen.js')).benchScreen();
   } finally {
     await chain.stop();
     await sink.stop();
   }
-  await (await import('./filter.js')).benchFilter(quick);
 }
 
 main().catch((err: unknown) => {
