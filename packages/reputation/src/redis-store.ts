@@ -77,6 +77,8 @@ export class RedisStore implements ReputationStore {
         commandTimeout: timeoutMs,
         maxRetriesPerRequest: 1,
         enableOfflineQueue: false,
+        // commands issued in the same turn of the event loop leave in one write (one round trip)
+        enableAutoPipelining: true,
         // Reconnect for ever, backing off to 2 s: the store comes back when Redis does.
         retryStrategy: (attempt: number) => Math.min(100 * attempt, 2000),
       });

@@ -149,6 +149,9 @@ function prepareAll(db: Database.Database) {
   };
 }
 
+type Op = { fn: () => unknown };
+type Outcome = { ok: boolean; value: unknown };
+
 export class SqliteStore implements ReputationStore {
   readonly kind = 'sqlite' as const;
   readonly file: string;
@@ -161,7 +164,28 @@ export class SqliteStore implements ReputationStore {
     this.#db = db;
     this.#q = prepareAll(db);
     this.#retentionMs = retentionMs;
+    // built once: better-sqlite3's transaction wrappers and statements cost more than the writes
+    const savepoint = db.prepare('SAVEPOINT moat_write');
+    const release = db.prepare('RELEASE moat_write');
+    const rollback = db.prepare('ROLLBACK TO moat_write');
+    this.#batchTx = db.transaction((batch: Op[], outcomes: Outcome[]) => {
+      for (const op of batch) {
+        savepoint.run();
+        try {
+          outcomes.push({ ok: true, value: op.fn() });
+          release.run();
+        } catch (err) {
+          rollback.run();
+          release.run();
+          outcomes.push({ ok: false, value: err });
+        }
+      }
+    });
+    this.#readClientTx = db.transaction((ip: string) => this.#readClient(ip));
   }
+
+  readonly #batchTx: Database.Transaction<(batch: Op[], outcomes: Outcome[]) => void>;
+  readonly #readClientTx: Database.Transaction<(ip: string) => ClientRecord | undefined>;
 
   /** Opens (creating when missing) `<dataDir>/reputation.sqlite`. */
   static async open(opts: StoreOptions): Promise<SqliteStore> {
@@ -201,32 +225,57 @@ export class SqliteStore implements ReputationStore {
     }
   }
 
-  /** Runs fn in one IMMEDIATE transaction (the write lock taken up front, so no upgrade deadlock). */
+  #pending: (Op & { what: string; resolve(v: unknown): void; reject(e: unknown): void })[] = [];
+
+  /**
+   * Runs fn in an IMMEDIATE transaction (the write lock taken up front, so no upgrade deadlock).
+   * Writes that arrive in the same turn of the event loop are group-committed: one transaction for all
+   * of them, each in its own savepoint, so one failing write does not undo the others. A commit costs
+   * far more than the writes themselves; under load this turns N commits into one.
+   */
   #write<T>(what: string, fn: () => T): Promise<T> {
-    return this.#run(what, () => this.#db.transaction(fn).immediate());
+    return new Promise<T>((resolve, reject) => {
+      if (this.#pending.length === 0) setImmediate(() => this.#flush());
+      this.#pending.push({ what, fn, resolve: resolve as (v: unknown) => void, reject });
+    });
+  }
+
+  #flush(): void {
+    const batch = this.#pending;
+    this.#pending = [];
+    const outcomes: Outcome[] = [];
+    try {
+      this.#batchTx.immediate(batch, outcomes);
+    } catch (err) {
+      for (const op of batch) op.reject(toStoreError(err, `sqlite ${op.what}`));
+      return;
+    }
+    batch.forEach((op, i) => {
+      const o = outcomes[i]!;
+      if (o.ok) op.resolve(o.value);
+      else op.reject(toStoreError(o.value, `sqlite ${op.what}`));
+    });
   }
 
   getClient(ip: string): Promise<ClientRecord | undefined> {
-    return this.#run('getClient', () =>
-      this.#db
-        .transaction(() => {
-          const row = this.#q.client.get(ip);
-          if (row === undefined) return undefined;
-          const passes: Record<string, TestPass> = {};
-          for (const p of this.#q.passes.all(ip))
-            passes[p.test] = { passedAt: p.passed_at, expiresAt: p.expires_at };
-          const record: ClientRecord = { ip, passes, lastSeen: row.last_seen, latest: row.latest };
-          if (row.dnswl_score !== null && row.dnswl_expires_at !== null) {
-            record.dnswlTrust = {
-              score: row.dnswl_score,
-              recordedAt: row.dnswl_at ?? row.last_seen,
-              expiresAt: row.dnswl_expires_at,
-            };
-          }
-          return record;
-        })
-        .deferred(),
-    );
+    return this.#run('getClient', () => this.#readClientTx.deferred(ip));
+  }
+
+  #readClient(ip: string): ClientRecord | undefined {
+    const row = this.#q.client.get(ip);
+    if (row === undefined) return undefined;
+    const passes: Record<string, TestPass> = {};
+    for (const p of this.#q.passes.all(ip))
+      passes[p.test] = { passedAt: p.passed_at, expiresAt: p.expires_at };
+    const record: ClientRecord = { ip, passes, lastSeen: row.last_seen, latest: row.latest };
+    if (row.dnswl_score !== null && row.dnswl_expires_at !== null) {
+      record.dnswlTrust = {
+        score: row.dnswl_score,
+        recordedAt: row.dnswl_at ?? row.last_seen,
+        expiresAt: row.dnswl_expires_at,
+      };
+    }
+    return record;
   }
 
   recordPass(ip: string, test: string, ttlMs: number, now = Date.now()): Promise<void> {
