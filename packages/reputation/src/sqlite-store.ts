@@ -181,11 +181,9 @@ export class SqliteStore implements ReputationStore {
         }
       }
     });
-    this.#readClientTx = db.transaction((ip: string) => this.#readClient(ip));
   }
 
   readonly #batchTx: Database.Transaction<(batch: Op[], outcomes: Outcome[]) => void>;
-  readonly #readClientTx: Database.Transaction<(ip: string) => ClientRecord | undefined>;
 
   /** Opens (creating when missing) `<dataDir>/reputation.sqlite`. */
   static async open(opts: StoreOptions): Promise<SqliteStore> {
@@ -258,7 +256,9 @@ export class SqliteStore implements ReputationStore {
   }
 
   getClient(ip: string): Promise<ClientRecord | undefined> {
-    return this.#run('getClient', () => this.#readClientTx.deferred(ip));
+    // no transaction around the two reads: WAL gives each a consistent snapshot, and a pass recorded
+    // between them only makes the answer fresher; BEGIN/COMMIT per lookup cost more than the lookup
+    return this.#run('getClient', () => this.#readClient(ip));
   }
 
   #readClient(ip: string): ClientRecord | undefined {
