@@ -3,10 +3,21 @@
  * a 2 s delay; the same scenarios on the policy port; the store down. SPF records come from a tiny
  * UDP DNS server started here (greylist-support.ts), which also answers NXDOMAIN to reverse lookups.
  */
+import { spawnSync } from 'node:child_process';
 import net from 'node:net';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openStore } from '@moat/reputation';
-import { Chain, freePort, headerValues, maildirMessages, swaks, waitFor, type LogLine } from '@moat/testkit';
+import {
+  Chain,
+  freePort,
+  headerValues,
+  maildirMessages,
+  repoRoot,
+  swaks,
+  waitFor,
+  type LogLine,
+} from '@moat/testkit';
 import { PolicyClient, policyRequest, startTinyDns, type TinyDns } from './greylist-support.js';
 
 const DELAY_MS = 2000;
@@ -257,5 +268,38 @@ describe('the store down', () => {
       '451 4.3.0 Temporary lookup failure',
     );
     p.close();
+  });
+});
+
+describe('pre-approval from the command line (a login code that is waiting)', () => {
+  it('lists the pending triplet, approves it, and the next retry passes before the delay', async () => {
+    const cli = (...args: string[]) =>
+      spawnSync(process.execPath, [path.join(repoRoot(), 'apps/greylist/dist/cli.js'), ...args], {
+        env: { ...process.env, MOAT_CONFIG: chain.configFile },
+        cwd: chain.dataDir,
+        encoding: 'utf8',
+        timeout: 15_000,
+      });
+    const first = await send('127.0.0.61', 'codes@bank.test', ['ida@example.test']);
+    expect(first.replies).toContain(`451 4.7.1 <ida@example.test>: Recipient address rejected: ${HELP}`);
+    const pending = cli('pending');
+    expect(pending.status, pending.stderr).toBe(0);
+    expect(pending.stdout).toMatch(/^127\.0\.0\.0\/codes@bank\.test\/ida@example\.test {2}first /m);
+    const approved = cli('approve', '127.0.0.61', 'codes@bank.test', 'ida@example.test');
+    expect(approved.status, approved.stderr).toBe(0);
+    // well before the 2 s delay: passes, as a first pass with its X-Greylist header
+    const retry = await send('127.0.0.61', 'codes@bank.test', ['ida@example.test']);
+    expect(retry.exitCode, retry.output).toBe(0);
+    const [msg] = await waitFor(
+      () => {
+        const m = maildirMessages(chain.maildir, 'ida@example.test');
+        return m.length ? m : undefined;
+      },
+      5000,
+      'delivery',
+    );
+    expect(headerValues(msg!.text, 'X-Greylist')).toHaveLength(1);
+    // an unknown command is a usage error
+    expect(cli('frobnicate').status).toBe(2);
   });
 });
