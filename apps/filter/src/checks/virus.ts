@@ -45,7 +45,9 @@ export function clamdInstream(target: ClamdTarget, source: Readable, timeoutMs: 
   return new Promise((resolve, reject) => {
     const sock = 'path' in target ? net.connect({ path: target.path }) : net.connect(target);
     sock.setNoDelay(true);
-    const abort = new AbortController();
+    // created only while the writer waits for 'drain': AbortController.abort() builds a DOMException
+    // with a stack trace, which showed in profiles when it was done for every scan
+    let abort: AbortController | undefined;
     const chunks: Buffer[] = [];
     let connected = false;
     let settled = false;
@@ -59,7 +61,7 @@ export function clamdInstream(target: ClamdTarget, source: Readable, timeoutMs: 
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      abort.abort();
+      abort?.abort();
       source.destroy();
       sock.destroy();
       if (err) reject(err);
@@ -92,7 +94,11 @@ export function clamdInstream(target: ClamdTarget, source: Readable, timeoutMs: 
         try {
           for await (const chunk of framed as AsyncIterable<Buffer>) {
             if (settled) return;
-            if (!sock.write(chunk)) await once(sock, 'drain', { signal: abort.signal });
+            if (!sock.write(chunk)) {
+              abort = new AbortController();
+              await once(sock, 'drain', { signal: abort.signal });
+              abort = undefined;
+            }
           }
         } catch (err) {
           if (!settled && !(err instanceof Error && err.name === 'AbortError')) {
