@@ -3,18 +3,10 @@
  * it receive everything (filter.bypass), its levels and destinies (the global values, overridden by the
  * policy bank of its domain, as amavis looks up a policy bank before the global value).
  */
-import type { MoatConfig } from '@moat/config';
+import { FILTER_CATEGORIES, type MoatConfig } from '@moat/config';
 
-export const CATEGORIES = [
-  'virus',
-  'banned',
-  'unchecked',
-  'spam',
-  'spammy',
-  'badHeader',
-  'oversized',
-  'clean',
-] as const;
+/** amavis' priority order, the same list the configuration validates destinies against. */
+export const CATEGORIES = FILTER_CATEGORIES;
 export type Category = (typeof CATEGORIES)[number];
 
 export type Action = 'pass' | 'reject' | 'discard' | 'tempfail';

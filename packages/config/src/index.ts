@@ -17,3 +17,4 @@ export {
   parseSize,
   type HostPort,
 } from './units.js';
+export { DEFAULT_BANNED_FILES, FILTER_CATEGORIES } from './sections/filter.js';

@@ -3,7 +3,7 @@
  * processes (Chain), a raw SMTP client with exact replies, swaks / smtp-source / smtp-sink wrappers,
  * a scripted next hop for failure paths, and Maildir readers.
  */
-export { freePort, repoRoot, tmpDir, waitFor } from './net.js';
+export { freePort, repoRoot, tmpDir, waitFor, waitForPort } from './net.js';
 export {
   Chain,
   SERVICES,
@@ -17,3 +17,4 @@ export { message, SmtpClient, type TestReply } from './smtp-client.js';
 export { smtpSink, smtpSource, swaks, which, type SwaksResult } from './tools.js';
 export { filesUnder, headerValues, maildirMessages } from './maildir.js';
 export { ScriptedServer, type Script, type Stage } from './scripted-server.js';
+export { zip } from './zip.js';

@@ -47,3 +47,20 @@ export async function waitFor<T>(
     await new Promise((r) => setTimeout(r, 25));
   }
 }
+
+/** Resolves once something accepts TCP connections on 127.0.0.1:port. */
+export function waitForPort(port: number, timeoutMs = 5000, what = `port ${port}`): Promise<true> {
+  return waitFor(
+    () =>
+      new Promise<true | undefined>((resolve) => {
+        const s = net.connect(port, '127.0.0.1');
+        s.once('connect', () => {
+          s.destroy();
+          resolve(true);
+        });
+        s.once('error', () => resolve(undefined));
+      }),
+    timeoutMs,
+    what,
+  );
+}

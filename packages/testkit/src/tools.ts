@@ -4,7 +4,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
-import { waitFor } from './net.js';
+import { waitForPort } from './net.js';
 
 export function which(tool: string): string | undefined {
   for (const dir of [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/usr/bin', '/sbin']) {
@@ -83,20 +83,7 @@ export async function smtpSink(
   if (!bin) throw new Error('smtp-sink is not installed (Debian package postfix)');
   const uid = process.getuid?.() === 0 ? ['-u', 'postfix'] : [];
   const child = spawn(bin, [...uid, ...args, `127.0.0.1:${port}`, '1024'], { stdio: 'ignore' });
-  const net = await import('node:net');
-  await waitFor(
-    () =>
-      new Promise<boolean | undefined>((resolve) => {
-        const s = net.connect(port, '127.0.0.1');
-        s.once('connect', () => {
-          s.destroy();
-          resolve(true);
-        });
-        s.once('error', () => resolve(undefined));
-      }),
-    5000,
-    'smtp-sink',
-  );
+  await waitForPort(port, 5000, 'smtp-sink');
   return {
     child,
     stop: () =>

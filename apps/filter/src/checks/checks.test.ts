@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { eicar, startClamd, type ClamdHandle } from '@moat/daemons';
 import { schema } from '@moat/config';
 import { walkMime } from '../mime.js';
-import { zip } from '../test/zip.js';
+import { zip } from '@moat/testkit';
 import { headerProblems } from './badHeaders.js';
 import { evaluateBanned, parseBannedRules } from './banned.js';
 import { parseReportTests } from './spam.js';

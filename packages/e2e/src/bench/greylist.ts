@@ -8,9 +8,8 @@
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import { startRedis, type DaemonHandle } from '@moat/daemons';
-import { Chain, freePort, SmtpClient, smtpSink, tmpDir, waitFor, which } from '@moat/testkit';
+import { Chain, freePort, SmtpClient, smtpSink, tmpDir, waitForPort, which } from '@moat/testkit';
 import { PolicyClient, policyRequest, startTinyDns } from '../greylist-support.js';
 import { percentile } from './measure.js';
 
@@ -100,19 +99,7 @@ async function startPostgrey(): Promise<
       stdio: 'ignore',
     },
   );
-  await waitFor(
-    () =>
-      new Promise<boolean | undefined>((resolve) => {
-        const s = net.connect(port, '127.0.0.1');
-        s.once('connect', () => {
-          s.destroy();
-          resolve(true);
-        });
-        s.once('error', () => resolve(undefined));
-      }),
-    15_000,
-    'postgrey',
-  );
+  await waitForPort(port, 15_000, 'postgrey');
   return {
     port,
     child,

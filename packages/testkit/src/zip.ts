@@ -1,4 +1,7 @@
-/** A zip with stored entries, for tests (the filter only reads zips). */
+/**
+ * zip: a zip archive with stored (uncompressed) entries, built in memory for tests: enough for the
+ * filter's and clamd's zip readers (the filter only reads zips, so nothing in Moat writes them).
+ */
 import zlib from 'node:zlib';
 
 export function zip(entries: Array<{ name: string; data: Buffer }>): Buffer {
