@@ -13,7 +13,7 @@
  * first pass the X-Greylist header goes on top of the message, under this hop's Received header.
  * The optional policy port (greylist.policyListen) runs in this process on the same engine.
  */
-import { type MoatConfig } from '@moat/config';
+import { NetworkList, type MoatConfig } from '@moat/config';
 import type { Logger } from '@moat/log';
 import type { RunningService } from '@moat/service';
 import { createListener, ensureTlsCertificate, hopReceived, type Reply } from '@moat/smtp-listener';
@@ -51,6 +51,7 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
     throw err;
   };
 
+  const ourNetworks = new NetworkList(config.mynetworks);
   const listener = await createListener({
     service: 'greylist',
     hostname: config.hostname,
@@ -101,7 +102,11 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
           logger.info({ ...who, reply: `${r.code} ${r.lines[0]}` }, 'NOQUEUE: reject: RCPT');
           return r;
         }
-        if (c.enabled) {
+        if (c.enabled && ourNetworks.has(tx.client.address)) {
+          // Postfix's order: permit_mynetworks comes before the policy check; our own clients are
+          // never greylisted
+          logger.info({ ...who }, `action=pass, reason=mynetworks, client_address=${tx.client.address}`);
+        } else if (c.enabled) {
           const request = {
             clientAddress: tx.client.address,
             clientName: tx.client.name,

@@ -38,6 +38,9 @@ beforeAll(async () => {
   chain = await Chain.create({
     config: {
       dns: { servers: [dns.server], timeout: '2s' },
+      // our own network is never greylisted: keep it to 127.0.0.1 so the 127.0.x.y clients are strangers
+      mynetworks: ['127.0.0.1/32'],
+      screen: { accessList: ['permit 127.0.0.0/8'] },
       recipients: KNOWN,
       greylist: { enabled: true, delay: '2s', policyListen: `127.0.0.1:${policyPort}` },
     },
@@ -235,6 +238,7 @@ describe('the store down', () => {
     down = await Chain.create({
       services: ['delivery', 'quarantine', 'filter', 'greylist'],
       config: {
+        mynetworks: ['127.0.0.1/32'],
         store: `redis://127.0.0.1:${await freePort()}`,
         dns: { servers: [dns.server], timeout: '1s' },
         greylist: {
@@ -301,5 +305,16 @@ describe('pre-approval from the command line (a login code that is waiting)', ()
     expect(headerValues(msg!.text, 'X-Greylist')).toHaveLength(1);
     // an unknown command is a usage error
     expect(cli('frobnicate').status).toBe(2);
+  });
+});
+
+describe('our own network', () => {
+  it('is never greylisted (Postfix: permit_mynetworks before the policy check)', async () => {
+    const r = await send('127.0.0.1', 'local@example.test', ['hank@example.test']);
+    expect(r.exitCode, r.output).toBe(0);
+    await greylistLog(
+      (l) => l.msg === 'action=pass, reason=mynetworks, client_address=127.0.0.1',
+      'mynetworks',
+    );
   });
 });

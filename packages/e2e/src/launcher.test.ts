@@ -39,12 +39,14 @@ function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
 }
 
 describe('the launcher (npm start)', () => {
-  it('runs the five services, carries a message into the Maildir, and stops on SIGTERM', async () => {
+  it('runs the five services, carries a message into the Maildir, and stops them gracefully on Ctrl-C', async () => {
     const { file, dataDir, screen } = await configFile();
     const child = spawn(process.execPath, [path.join(root, 'packages/launcher/dist/main.js')], {
       cwd: dataDir,
       env: cleanEnv({ MOAT_CONFIG: file }),
       stdio: ['ignore', 'pipe', 'pipe'],
+      // its own process group, as in a terminal: Ctrl-C signals the whole group
+      detached: true,
     });
     const lines: string[] = [];
     readline.createInterface({ input: child.stdout }).on('line', (l) => lines.push(l));
@@ -75,9 +77,11 @@ describe('the launcher (npm start)', () => {
         'delivery',
       );
       const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-      child.kill('SIGTERM');
+      // Ctrl-C: SIGINT to the terminal's process group; each service must still stop gracefully, once
+      process.kill(-child.pid!, 'SIGINT');
       expect(await exited).toBe(0);
       expect(lines.filter((l) => l.includes('"msg":"stopped"')).length).toBe(5);
+      expect(lines.some((l) => l.includes('second signal'))).toBe(false);
     } finally {
       child.kill('SIGKILL');
     }

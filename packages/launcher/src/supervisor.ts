@@ -43,6 +43,9 @@ export class Supervisor {
       cwd: process.cwd(),
       env: this.o.env,
       stdio: ['ignore', 'pipe', 'pipe'],
+      // its own process group: Ctrl-C in the terminal reaches the launcher only, which stops each
+      // service once (a service given two signals stops at once instead of finishing its sessions)
+      detached: true,
     });
     s.child = child;
     const started = Date.now();

