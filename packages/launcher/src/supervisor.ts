@@ -34,6 +34,10 @@ export class Supervisor {
   }
 
   start(): void {
+    // children live in their own process groups: if the launcher dies unexpectedly, do not leave them behind
+    process.once('exit', () => {
+      for (const s of this.services) s.child?.kill('SIGTERM');
+    });
     for (const s of this.services) this.#spawn(s, 1000);
   }
 

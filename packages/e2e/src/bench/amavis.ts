@@ -138,6 +138,7 @@ function config(p: {
     `$max_servers = ${p.servers};`,
     `$enable_db = 0;`,
     `$enable_zmq = 0;`,
+    `$enable_dkim_verification = 0;`,
     `$do_syslog = 0;`,
     `$LOGFILE = "$MYHOME/amavisd.log";`,
     `$log_level = 0;`,
@@ -248,6 +249,7 @@ export async function startAmavis(opts: AmavisOptions): Promise<Amavis | undefin
       await waitFor(() => groupPids(pgid).length === 0 || undefined, 5000, 'amavisd to die');
     }
     await new Promise<void>((resolve) => (spamdRelay ? spamdRelay.close(() => resolve()) : resolve()));
+    fs.rmSync(dir, { recursive: true, force: true });
   };
   try {
     await wait220(port, embeddedSiteDir ? 120_000 : 30_000, child, logFile);
@@ -276,6 +278,12 @@ export function amavisScored(logFile: string, tag: string): number {
   } catch {
     return 0;
   }
-  const rcpt = new RegExp(`-> <m\\d+\\.${tag}@example\\.test>`);
-  return text.split('\n').filter((l) => rcpt.test(l) && /\bHits: -?\d/.test(l)).length;
+  // two lines per message (the main one and a per-recipient one): count recipients once
+  const rcpt = new RegExp(`-> <(m\\d+\\.${tag}@example\\.test)>.*\\bHits: -?\\d`);
+  const scored = new Set<string>();
+  for (const line of text.split('\n')) {
+    const m = rcpt.exec(line);
+    if (m) scored.add(m[1]!);
+  }
+  return scored.size;
 }
