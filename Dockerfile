@@ -28,12 +28,12 @@ RUN npm ci --no-audit
 COPY . .
 # Every app under apps/ plus, through turbo's ^build, every package it imports.
 RUN npx turbo run build --filter='./apps/*' --output-logs=errors-only
-# Collect only the compiled output and shipped data files (apps/greylist/data: the default pool
+# Collect only the compiled output and shipped data files (apps/greylist/lists: the default pool
 # whitelist), laid out as in the repo (apps/<name>/dist, packages/<name>/dist).
 RUN mkdir -p /out/apps /out/packages \
  && for d in apps/* packages/*; do \
       if [ -d "$d/dist" ]; then mkdir -p "/out/$d" && cp -a "$d/dist" "/out/$d/dist"; fi; \
-      if [ -d "$d/data" ]; then cp -a "$d/data" "/out/$d/data"; fi; \
+      if [ -d "$d/lists" ]; then cp -a "$d/lists" "/out/$d/lists"; fi; \
     done
 
 # --- prod-deps: a clean production install (no dev dependencies) ---------------------------

@@ -23,7 +23,7 @@ import { NetworkList } from '@moat/config';
 
 /** The maintained list of well-known senders that retry from pools, shipped with moat. */
 export function defaultWhitelistFile(): string {
-  return fileURLToPath(new URL('../../data/whitelist_clients', import.meta.url));
+  return fileURLToPath(new URL('../../lists/whitelist_clients', import.meta.url));
 }
 
 function escapeRe(s: string): string {

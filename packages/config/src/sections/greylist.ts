@@ -52,7 +52,7 @@ export const greylist = z
     whitelistRecipients: z.array(z.string()).default([]),
     /** Files of recipient entries, reloaded when they change (Postgrey --whitelist-recipients). */
     whitelistRecipientsFiles: z.array(z.string()).default([]),
-    /** Also use the list of well-known senders that retry from pools shipped with moat (apps/greylist/data/whitelist_clients). */
+    /** Also use the list of well-known senders that retry from pools shipped with moat (apps/greylist/lists/whitelist_clients). */
     useDefaultWhitelist: z.boolean().default(true),
     /**
      * Reverse lookup of the client (PTR, then forward-confirmed A/AAAA, through dns.servers) so that
