@@ -8,7 +8,8 @@
  * access to amavis' temp files. SpamAssassin: amavis' SpamdClient, which has no host option (it always
  * dials 127.0.0.1:783), so a byte-for-byte TCP relay on 127.0.0.1:783 passes its connections to the
  * suite's spamd; when 783 cannot be bound (not root, or taken), embedded SpamAssassin in amavis with
- * the test spamd's local.cf, and the result says so. Exports startAmavis and amavisBin.
+ * the test spamd's local.cf, and the result says so. Exports startAmavis, amavisUnavailable,
+ * amavisBin and amavisScored.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -45,6 +46,14 @@ export interface Amavis {
 /** /usr/sbin/amavisd (Debian 12) or amavisd-new (older); undefined when not installed. */
 export function amavisBin(): string | undefined {
   return which('amavisd') ?? which('amavisd-new');
+}
+
+/** Why amavisd-new cannot be measured here (the line to print), or undefined when it can. */
+export function amavisUnavailable(): string | undefined {
+  if (!amavisBin()) return 'amavisd-new not installed: no comparison';
+  // it refuses a config file that is not owned by root (or is owned by its own non-root EUID)
+  if (process.getuid?.() !== 0) return 'amavisd-new needs root here (config owned by root): no comparison';
+  return undefined;
 }
 
 /** A Perl single-quoted string. */

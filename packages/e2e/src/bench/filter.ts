@@ -6,11 +6,13 @@
  * msgs/s and p50/p99 of a whole transaction through 10024 (next hop: smtp-sink); the share of messages whose verdict agrees
  * with spamd's own score for them (must be all); the filter's own share of each message's time (its
  * time minus the longest scan and the next hops, from its log line) and its throughput against spamc's.
- * Goals: own overhead < 5 %, throughput >= 95 % of spamc alone.
+ * Goals: own overhead < 5 %, throughput >= 95 % of spamc alone. Beside them, amavisd-new (bench/amavis)
+ * on the same clamd and spamd, corpus and concurrencies: msgs/s, p50/p99 and throughput against spamc
+ * ("amavisd-new not installed: no comparison" when it is not).
  */
 import { spawn } from 'node:child_process';
 import { Chain, freePort, SmtpClient, smtpSink, type LogLine } from '@moat/testkit';
-import { type Amavis, amavisBin, amavisScored, startAmavis } from './amavis.js';
+import { type Amavis, amavisScored, amavisUnavailable, startAmavis } from './amavis.js';
 import { percentile } from './measure.js';
 
 interface Sample {
@@ -159,7 +161,8 @@ export async function benchFilter(quick: boolean): Promise<void> {
   let amavis: Amavis | undefined;
   try {
     // amavisd-new on the same clamd and spamd, same corpus and concurrencies: the baseline
-    if (!amavisBin()) process.stdout.write('amavisd-new not installed: no comparison\n');
+    const noAmavis = amavisUnavailable();
+    if (noAmavis) process.stdout.write(`${noAmavis}\n`);
     else {
       const filterConfig = chain.config.filter as { clamd: string };
       amavis = await startAmavis({
