@@ -25,7 +25,7 @@ import { badHeaderCheck } from './checks/badHeaders.js';
 import { bannedCheck, parseBannedRules } from './checks/banned.js';
 import { spamCheck } from './checks/spam.js';
 import type { ScanInput } from './checks/types.js';
-import { parseClamd, virusCheck } from './checks/virus.js';
+import { ClamdClient, parseClamd, virusCheck } from './checks/virus.js';
 import { type Head, readHead, rewriteHead } from './message.js';
 import { walkMime } from './mime.js';
 import { formatDestiny, Policy } from './policy.js';
@@ -85,7 +85,7 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
   const spoolDir = path.join(config.dataDir, 'filter');
   const delivery = poolFor('delivery', c.next, c, config.hostname, logger);
   const quarantine = poolFor('quarantine', c.quarantine, c, config.hostname, logger);
-  const clamd = parseClamd(c.clamd);
+  const clamd = new ClamdClient(parseClamd(c.clamd));
   const spamd = new SpamdClient(c.spamd, {
     timeoutMs: c.spamdTimeout,
     connectTimeoutMs: Math.min(5000, c.spamdTimeout),
@@ -239,6 +239,7 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
       await listener.close();
       delivery.close();
       quarantine.close();
+      clamd.close();
     },
   };
 }
