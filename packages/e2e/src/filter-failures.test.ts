@@ -76,7 +76,8 @@ describe('limits', () => {
       `filter VmHWM: idle ${mb(idle.hwm)} MB, after 10 MB ${mb(before.hwm)} MB, after 30 MB ${mb(after.hwm)} MB ` +
         `(VmRSS ${mb(after.rss)} MB)\n`,
     );
-    expect(after.hwm - before.hwm).toBeLessThan(20 * 1024 * 1024);
+    // holding the 30 MB message would add at least 30 MB; seen here: 5-21 MB of GC timing
+    expect(after.hwm - before.hwm).toBeLessThan(24 * 1024 * 1024);
     expect(after.hwm - idle.hwm).toBeLessThan(64 * 1024 * 1024);
     const [msg] = await waitFor(
       () => {
