@@ -40,14 +40,7 @@ describe('a message through screen, greylist, filter and delivery', () => {
     expect(queued, r.output).toBeDefined();
     const id = queued!.slice('250 2.0.0 Ok: queued as '.length);
 
-    const [msg] = await waitFor(
-      () => {
-        const m = maildirMessages(chain.maildir, 'bob@example.test');
-        return m.length ? m : undefined;
-      },
-      5000,
-      'the message in the Maildir',
-    );
+    const [msg] = await chain.waitForMail('bob@example.test');
     expect(headerValues(msg!.text, 'Subject')).toEqual(['first message']);
     expect(headerValues(msg!.text, 'Return-Path')).toEqual(['<alice@remote.test>']);
     expect(headerValues(msg!.text, 'Delivered-To')).toEqual(['bob@example.test']);

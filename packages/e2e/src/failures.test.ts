@@ -300,11 +300,7 @@ describe('the real chain', () => {
     const r = await again.send(FROM, ['back@example.test'], message());
     expect(r.final?.text).toMatch(/^250 2\.0\.0 Ok: queued as \w+$/);
     await again.quit();
-    await waitFor(
-      () => maildirMessages(chain.maildir, 'back@example.test').length === 1 || undefined,
-      5000,
-      'delivery',
-    );
+    await chain.waitForMail('back@example.test');
   });
 
   it('reads exactly one message out of one DATA, whatever bare LFs and CRs it holds (no SMTP smuggling)', async () => {
@@ -319,14 +315,7 @@ describe('the real chain', () => {
     expect(final.text).toMatch(/^250 2\.0\.0 Ok: queued as /);
     expect((await c.cmd('RSET')).code).toBe(250);
     await c.quit();
-    const [msg] = await waitFor(
-      () => {
-        const m = maildirMessages(chain.maildir, 'smuggle@example.test');
-        return m.length ? m : undefined;
-      },
-      5000,
-      'delivery',
-    );
+    const [msg] = await chain.waitForMail('smuggle@example.test');
     expect(maildirMessages(chain.maildir, 'victim@example.test')).toHaveLength(0);
     // the bare line endings became CRLF inside the one message
     expect(msg!.text).toContain('line one\r\n.\r\nMAIL FROM:<evil@remote.test>\r\n');
@@ -343,14 +332,7 @@ describe('the real chain', () => {
     const r = await c.send(FROM, ['tls@example.test'], message());
     expect(r.final?.code).toBe(250);
     await c.quit();
-    const [msg] = await waitFor(
-      () => {
-        const m = maildirMessages(chain.maildir, 'tls@example.test');
-        return m.length ? m : undefined;
-      },
-      5000,
-      'delivery',
-    );
+    const [msg] = await chain.waitForMail('tls@example.test');
     expect(msg!.text).toMatch(/\(moat-greylist\) with ESMTPS id/);
     expect(fs.existsSync(path.join(chain.dataDir, 'tls', 'selfsigned.crt'))).toBe(true);
   });

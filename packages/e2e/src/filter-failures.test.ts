@@ -10,7 +10,7 @@ import path from 'node:path';
 import YAML from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ClamdHandle, type DaemonHandle, startClamd, startSpamd } from '@moat/daemons';
-import { Chain, headerValues, maildirMessages, message, SmtpClient, waitFor } from '@moat/testkit';
+import { Chain, headerValues, maildirMessages, message, SmtpClient } from '@moat/testkit';
 
 let chain: Chain;
 let clamd: ClamdHandle;
@@ -79,14 +79,7 @@ describe('limits', () => {
     // holding the 30 MB message would add at least 30 MB; seen here: 5-21 MB of GC timing
     expect(after.hwm - before.hwm).toBeLessThan(24 * 1024 * 1024);
     expect(after.hwm - idle.hwm).toBeLessThan(64 * 1024 * 1024);
-    const [msg] = await waitFor(
-      () => {
-        const m = maildirMessages(chain.maildir, 'big@example.test');
-        return m.length ? m : undefined;
-      },
-      20_000,
-      'the 30 MB message in the Maildir',
-    );
+    const [msg] = await chain.waitForMail('big@example.test', 1, 20_000);
     expect(msg!.text.length).toBeGreaterThan(30 * 1024 * 1024);
     expect(headerValues(msg!.text, 'X-Virus-Scanned')).toEqual(['ClamAV using moat at mx.example.test']);
     // above spamMaxSize: not sent to spamd, and recorded
@@ -112,14 +105,7 @@ describe('scanners down', () => {
     await restartFilter({ scannerFailure: 'pass' });
     const reply = await sendTo('unchecked@example.test', message({ subject: 'hello' }));
     expect(reply).toMatch(/^250 2\.0\.0 Ok: queued as /);
-    const [msg] = await waitFor(
-      () => {
-        const m = maildirMessages(chain.maildir, 'unchecked@example.test');
-        return m.length ? m : undefined;
-      },
-      5000,
-      'the unchecked message',
-    );
+    const [msg] = await chain.waitForMail('unchecked@example.test');
     expect(headerValues(msg!.text, 'Subject')).toEqual(['***UNCHECKED*** hello']);
     expect(headerValues(msg!.text, 'X-Moat-Alert')).toContain('UNCHECKED, spam scanner failure');
     const log = await chain.service('filter').waitForLog((l) => l.msg === 'passed');

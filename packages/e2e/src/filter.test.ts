@@ -168,14 +168,7 @@ describe('spam, banned files, ham', () => {
       'Shall we have lunch on Thursday at noon? The usual place.',
     ]);
     expect(finalReply(r.replies), r.output).toMatch(/^250 2\.0\.0 Ok: queued as \w+$/);
-    const [msg] = await waitFor(
-      () => {
-        const m = maildirMessages(chain.maildir, 'ham@example.test');
-        return m.length ? m : undefined;
-      },
-      5000,
-      'the ham in the Maildir',
-    );
+    const [msg] = await chain.waitForMail('ham@example.test');
     const text = msg!.text;
     expect(headerValues(text, 'X-Spam-Flag')).toEqual(['NO']);
     expect(headerValues(text, 'X-Virus-Scanned')).toEqual(['ClamAV using moat at mx.example.test']);
@@ -191,14 +184,7 @@ describe('spam, banned files, ham', () => {
   it('between tag2 and kill (policy bank tagged.example.test: tag2 -999, kill 1000): delivered with the subject tag', async () => {
     const r = await send('ann@tagged.example.test', ['--header', 'Subject: offer', '--body', 'Cheap offer.']);
     expect(finalReply(r.replies), r.output).toMatch(/^250 2\.0\.0 Ok: queued as /);
-    const [msg] = await waitFor(
-      () => {
-        const m = maildirMessages(chain.maildir, 'ann@tagged.example.test');
-        return m.length ? m : undefined;
-      },
-      5000,
-      'the tagged message',
-    );
+    const [msg] = await chain.waitForMail('ann@tagged.example.test');
     expect(headerValues(msg!.text, 'Subject')).toEqual(['***Spam*** offer']);
     expect(headerValues(msg!.text, 'X-Spam-Flag')).toEqual(['YES']);
     expect(headerValues(msg!.text, 'X-Spam-Status')[0]).toMatch(/^Yes, score=.* required=-999/);
@@ -208,14 +194,7 @@ describe('spam, banned files, ham', () => {
   it('a bypass recipient receives GTUBE, tagged', async () => {
     const r = await send('lover@example.test', ['--header', 'Subject: gtube', '--body', GTUBE]);
     expect(finalReply(r.replies), r.output).toMatch(/^250 2\.0\.0 Ok: queued as /);
-    const [msg] = await waitFor(
-      () => {
-        const m = maildirMessages(chain.maildir, 'lover@example.test');
-        return m.length ? m : undefined;
-      },
-      5000,
-      'the bypass delivery',
-    );
+    const [msg] = await chain.waitForMail('lover@example.test');
     expect(headerValues(msg!.text, 'Subject')).toEqual(['***Spam*** gtube']);
     expect(headerValues(msg!.text, 'X-Spam-Flag')).toEqual(['YES']);
   });

@@ -100,14 +100,7 @@ describe('greylisting in the MX smtpd (RCPT, Postgrey rules)', () => {
       (l) => /^action=pass, reason=triplet found, delay=[23], .*client_address=127\.0\.0\.11/.test(l.msg),
       'pass',
     );
-    const [msg] = await waitFor(
-      () => {
-        const m = maildirMessages(chain.maildir, 'bob@example.test');
-        return m.length ? m : undefined;
-      },
-      5000,
-      'delivery',
-    );
+    const [msg] = await chain.waitForMail('bob@example.test');
     const xg = headerValues(msg!.text, 'X-Greylist');
     expect(xg).toHaveLength(1);
     expect(xg[0]).toMatch(
@@ -294,14 +287,7 @@ describe('pre-approval from the command line (a login code that is waiting)', ()
     // well before the 2 s delay: passes, as a first pass with its X-Greylist header
     const retry = await send('127.0.0.61', 'codes@bank.test', ['ida@example.test']);
     expect(retry.exitCode, retry.output).toBe(0);
-    const [msg] = await waitFor(
-      () => {
-        const m = maildirMessages(chain.maildir, 'ida@example.test');
-        return m.length ? m : undefined;
-      },
-      5000,
-      'delivery',
-    );
+    const [msg] = await chain.waitForMail('ida@example.test');
     expect(headerValues(msg!.text, 'X-Greylist')).toHaveLength(1);
     // an unknown command is a usage error
     expect(cli('frobnicate').status).toBe(2);

@@ -11,7 +11,7 @@ import path from 'node:path';
 import YAML from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRbldnsd, writeZone, type RbldnsdHandle } from '@moat/daemons';
-import { Chain, maildirMessages, SmtpClient, swaks, tmpDir, waitFor, type LogLine } from '@moat/testkit';
+import { Chain, SmtpClient, swaks, tmpDir, waitFor, type LogLine } from '@moat/testkit';
 
 const SITES = [
   'zen.test=127.0.0.[2..11]*3',
@@ -120,7 +120,7 @@ describe('screen with dnsblAction enforce (greetAction ignore)', () => {
     const pass = await screenLog(/^PASS NEW \[127\.0\.8\.30\]:\d+$/);
     expect(pass.client).toBe('127.0.8.30');
     await screenLog(/^CONNECT from \[127\.0\.8\.30\]:\d+ to \[127\.0\.0\.1\]:\d+$/);
-    await waitFor(() => maildirMessages(chain.maildir, 'bob@example.test').length === 1 || undefined, 5000);
+    await chain.waitForMail('bob@example.test');
 
     // a returning client is spliced at once: no teaser, no wait
     const started = Date.now();

@@ -9,6 +9,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import YAML from 'yaml';
 import { type DaemonHandle, ENV, startClamd, startSpamd } from '@moat/daemons';
+import { maildirMessages } from './maildir.js';
 import { freePort, repoRoot, tmpDir, waitFor } from './net.js';
 
 export const SERVICES = ['delivery', 'quarantine', 'filter', 'greylist', 'screen'] as const;
@@ -180,6 +181,18 @@ export class Chain {
       throw err;
     }
     return chain;
+  }
+
+  /** Waits until `address` has at least `count` messages in the Maildir; returns them, oldest first. */
+  waitForMail(address: string, count = 1, timeoutMs = 5000): Promise<{ file: string; text: string }[]> {
+    return waitFor(
+      () => {
+        const m = maildirMessages(this.maildir, address);
+        return m.length >= count ? m : undefined;
+      },
+      timeoutMs,
+      `${count} message(s) for ${address} in the Maildir`,
+    );
   }
 
   /** Starts (or restarts) one service and waits until it listens. */

@@ -14,7 +14,7 @@ export {
   type ServiceName,
 } from './chain.js';
 export { message, SmtpClient, type TestReply } from './smtp-client.js';
-export { smtpSink, smtpSource, swaks, which, type SwaksResult } from './tools.js';
+export { smtpSink, smtpSource, stopChild, swaks, which, type SwaksResult } from './tools.js';
 export { filesUnder, headerValues, maildirMessages } from './maildir.js';
 export { ScriptedServer, type Script, type Stage } from './scripted-server.js';
 export { zip } from './zip.js';

@@ -9,7 +9,7 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { startRedis, type DaemonHandle } from '@moat/daemons';
-import { Chain, freePort, SmtpClient, smtpSink, tmpDir, waitForPort, which } from '@moat/testkit';
+import { Chain, freePort, SmtpClient, smtpSink, stopChild, tmpDir, waitForPort, which } from '@moat/testkit';
 import { PolicyClient, policyRequest, startTinyDns } from '../greylist-support.js';
 import { percentile } from './measure.js';
 
@@ -103,12 +103,7 @@ async function startPostgrey(): Promise<
   return {
     port,
     child,
-    stop: () =>
-      new Promise<void>((resolve) => {
-        if (child.exitCode !== null) return resolve();
-        child.once('exit', () => resolve());
-        child.kill('SIGTERM');
-      }),
+    stop: () => stopChild(child),
   };
 }
 
