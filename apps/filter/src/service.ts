@@ -14,7 +14,7 @@
  */
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { internalSizeLimit, type MoatConfig } from '@moat/config';
+import { ConfigError, internalSizeLimit, type MoatConfig } from '@moat/config';
 import type { Logger } from '@moat/log';
 import type { RunningService } from '@moat/service';
 import { createListener, hopReceived, type Reply, type Transaction } from '@moat/smtp-listener';
@@ -76,9 +76,12 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
   const c = config.filter;
   for (const key of ['clamd', 'spamd'] as const) {
     if (c[key] === 'managed') {
-      throw new Error(
-        `filter.${key} is "managed": only npm start (the launcher) runs managed daemons; ` +
-          `set filter.${key} (MOAT_FILTER_${key.toUpperCase()}) to host:port or a socket path`,
+      throw new ConfigError(
+        [
+          `filter.${key}: "managed" is only for npm start (the launcher runs managed daemons); ` +
+            `set it (MOAT_FILTER_${key.toUpperCase()}) to host:port or a socket path`,
+        ],
+        'filter',
       );
     }
   }

@@ -102,6 +102,17 @@ describe('a service on the command line', () => {
     );
   });
 
+  it('refuses managed scanners outside the launcher as a configuration error (78: no restart loop)', async () => {
+    const { file } = await configFile();
+    const r = spawnSync(process.execPath, [path.join(root, 'apps/filter/dist/main.js')], {
+      env: cleanEnv({ MOAT_CONFIG: file, MOAT_FILTER_CLAMD: 'managed', MOAT_FILTER_SPAMD: '127.0.0.1:1' }),
+      encoding: 'utf8',
+      timeout: 10_000,
+    });
+    expect(r.status).toBe(78);
+    expect(r.stderr).toContain('filter.clamd: "managed" is only for npm start');
+  });
+
   it('prints the effective configuration with --print-config', async () => {
     const { file } = await configFile();
     const r = spawnSync(process.execPath, [path.join(root, 'apps/greylist/dist/main.js'), '--print-config'], {

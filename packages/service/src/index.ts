@@ -74,6 +74,12 @@ export function runService(name: string, start: StartFn, argv = process.argv.sli
     (err: unknown) => {
       logger.fatal({ err }, 'start failed');
       flushLogger();
+      // a setting only the service itself can judge: the same exit as a schema error, so the
+      // launcher does not restart it in a loop
+      if (err instanceof ConfigError) {
+        process.stderr.write(`moat-${name}: ${err.message}\n`);
+        process.exit(78);
+      }
       process.exit(1);
     },
   );
