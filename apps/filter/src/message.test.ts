@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { readHead, rewriteHead } from './message.js';
+import { headOf, readHead, rewriteHead } from './message.js';
 
 describe('the header section', () => {
   it('reads it from a stream in pieces and says where the rest starts', async () => {
@@ -20,5 +20,19 @@ describe('the header section', () => {
     );
     const h = await readHead(Readable.from([Buffer.from('A: b\r\n'.repeat(100))]), 200);
     expect(h.complete).toBe(false);
+  });
+  it('finds the same header section in memory as from a stream', async () => {
+    for (const raw of [
+      'Subject: a\r\nFrom: x\r\n\r\nbody\r\n',
+      '\r\nbody only\r\n',
+      'A: b\r\nC: d\r\n',
+      'A: b\r\n'.repeat(100),
+    ]) {
+      const buf = Buffer.from(raw);
+      const pieces = raw.match(/.{1,7}/gs)!.map((s) => Buffer.from(s));
+      expect(headOf(buf, 200), raw).toEqual(await readHead(Readable.from(pieces), 200));
+    }
+    const h = headOf(Buffer.from('Subject: a\r\n\r\nbody'));
+    expect([h.head.toString(), h.bodyOffset, h.complete]).toEqual(['Subject: a\r\n', 12, true]);
   });
 });

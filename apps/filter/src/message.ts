@@ -17,6 +17,21 @@ export interface Head {
   complete: boolean;
 }
 
+/** The header section of a message held in memory (the first `max` bytes are looked at). */
+export function headOf(message: Buffer, max = MAX_HEAD_BYTES): Head {
+  if (message[0] === 0x0d && message[1] === 0x0a)
+    return { head: Buffer.alloc(0), bodyOffset: 0, complete: true };
+  const end = message.indexOf('\r\n\r\n', 0, 'latin1');
+  if (end >= 0) return { head: message.subarray(0, end + 2), bodyOffset: end + 2, complete: true };
+  // a message of headers only, or one whose header section never ends
+  const whole = message.length <= max;
+  return {
+    head: whole ? message : message.subarray(0, max),
+    bodyOffset: whole ? message.length : max,
+    complete: whole,
+  };
+}
+
 /** Reads the header section from the start of a message stream, then stops reading. */
 export async function readHead(stream: Readable, max = MAX_HEAD_BYTES): Promise<Head> {
   let buf: Buffer = Buffer.alloc(0);
@@ -33,9 +48,7 @@ export async function readHead(stream: Readable, max = MAX_HEAD_BYTES): Promise<
   } finally {
     stream.destroy();
   }
-  // a message of headers only, or one whose header section never ends
-  const whole = buf.length <= max;
-  return { head: whole ? buf : buf.subarray(0, max), bodyOffset: whole ? buf.length : max, complete: whole };
+  return headOf(buf, max);
 }
 
 interface Field {

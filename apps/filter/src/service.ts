@@ -26,7 +26,7 @@ import { bannedCheck, parseBannedRules } from './checks/banned.js';
 import { spamCheck } from './checks/spam.js';
 import type { ScanInput } from './checks/types.js';
 import { ClamdClient, parseClamd, virusCheck } from './checks/virus.js';
-import { type Head, readHead, rewriteHead } from './message.js';
+import { type Head, headOf, readHead, rewriteHead } from './message.js';
 import { walkMime } from './mime.js';
 import { formatDestiny, Policy } from './policy.js';
 import { filterReplies } from './replies.js';
@@ -40,12 +40,16 @@ async function* forwardedBody(
   head: Head,
   subjectTag: string | undefined,
 ): AsyncGenerator<Buffer> {
+  const inMemory = spool.buffer();
   if (!head.complete) {
-    yield* spool.stream() as AsyncIterable<Buffer>;
+    yield* inMemory ? [inMemory] : (spool.stream() as AsyncIterable<Buffer>);
     return;
   }
   yield rewriteHead(head.head, { subjectTag });
-  if (head.bodyOffset < spool.size) yield* spool.stream({ start: head.bodyOffset }) as AsyncIterable<Buffer>;
+  if (head.bodyOffset < spool.size)
+    yield* inMemory
+      ? [inMemory.subarray(head.bodyOffset)]
+      : (spool.stream({ start: head.bodyOffset }) as AsyncIterable<Buffer>);
 }
 
 async function relay(
@@ -106,11 +110,15 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
   async function scan(spool: MessageSpool): Promise<{ results: Results; head: Head }> {
     const input: ScanInput = { size: spool.size, stream: () => spool.stream() };
     const mime = walkMime(spool.stream(), walkOptions);
-    const headP = readHead(spool.stream()).catch((): Head => ({
-      head: Buffer.alloc(0),
-      bodyOffset: 0,
-      complete: false,
-    }));
+    const inMemory = spool.buffer();
+    // in memory (the common case): no stream to read and then abandon, which costs Node an AbortError
+    const headP = (inMemory ? Promise.resolve(headOf(inMemory)) : readHead(spool.stream())).catch(
+      (): Head => ({
+        head: Buffer.alloc(0),
+        bodyOffset: 0,
+        complete: false,
+      }),
+    );
     const [virus, spam, banned, [badHeader, head]] = await Promise.all([
       virusCheck(input, { clamd, timeoutMs: c.clamdTimeout, encryptedArchives: c.encryptedArchives }),
       spamCheck(input, { spamd, maxSize: c.spamMaxSize }),

@@ -2,19 +2,22 @@
  * @moat/log: one pino logger per process. JSON lines on stdout with the service name and postscreen-
  * style message words; fields broken out for machines. Never pass message bodies or secrets.
  *
- * Writes are buffered (sonic-boom, async) so logging does not cost a syscall per line on the mail
- * path; flushLogger() is called on stop so the last lines are not lost.
+ * Lines logged in one event-loop turn go out in one write (turn-writer.ts), so logging costs neither
+ * a syscall per line nor a threadpool round trip on the mail path; flushLogger() is called on stop so
+ * the last lines are not lost.
  */
 import pino, { type Logger } from 'pino';
+import { TurnWriter } from './turn-writer.js';
 
 export type { Logger } from 'pino';
+export { TurnWriter, type TurnWriterOptions } from './turn-writer.js';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
-let destination: ReturnType<typeof pino.destination> | undefined;
+let destination: TurnWriter | undefined;
 
 export function createLogger(service: string, level: LogLevel = 'info'): Logger {
-  destination ??= pino.destination({ dest: 1, sync: false });
+  destination ??= new TurnWriter({ fd: 1 });
   return pino(
     {
       level,
