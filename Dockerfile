@@ -47,7 +47,8 @@ RUN npm ci --omit=dev --no-audit \
 
 # --- runtime ----------------------------------------------------------------------------------
 FROM node:22-bookworm-slim AS runtime
-ENV NODE_ENV=production
+ENV NODE_ENV=production \
+    NODE_OPTIONS=--max-semi-space-size=32
 WORKDIR /app
 # package.json of the root and of every workspace, the lockfile, production node_modules
 # (workspace links included: node_modules/@moat/* -> ../../packages/*, ../../apps/*)

@@ -37,4 +37,16 @@ describe('units', () => {
     expect(parseCidr('10.0.0.0/33')).toBeUndefined();
     expect(parseCidr('nonsense')).toBeUndefined();
   });
+  it('gives the same answers when asked again, and past its memo of 4096 addresses', () => {
+    const l = new NetworkList(['10.1.0.0/16']);
+    for (let round = 0; round < 2; round++) {
+      for (let i = 0; i < 5000; i++) {
+        const inside = `10.1.${(i >> 8) & 255}.${i & 255}`;
+        const outside = `10.2.${(i >> 8) & 255}.${i & 255}`;
+        expect(l.has(inside)).toBe(true);
+        expect(l.has(outside)).toBe(false);
+      }
+    }
+    expect(l.has('not an address')).toBe(false);
+  });
 });

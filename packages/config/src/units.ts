@@ -157,10 +157,19 @@ export class NetworkList {
     }
     this.#empty = networks.length === 0;
   }
+  // BlockList.check builds a SocketAddress per call (10-25 us); a peer asks several times per
+  // connection, and peers are few, so answers are remembered (bounded)
+  readonly #seen = new Map<string, boolean>();
   has(address: string): boolean {
     if (this.#empty) return false;
-    const ip = normalizeIp(address);
-    const kind = net.isIP(ip);
-    return kind !== 0 && this.#list.check(ip, kind === 4 ? 'ipv4' : 'ipv6');
+    let yes = this.#seen.get(address);
+    if (yes === undefined) {
+      const ip = normalizeIp(address);
+      const kind = net.isIP(ip);
+      yes = kind !== 0 && this.#list.check(ip, kind === 4 ? 'ipv4' : 'ipv6');
+      if (this.#seen.size >= 4096) this.#seen.clear();
+      this.#seen.set(address, yes);
+    }
+    return yes;
   }
 }

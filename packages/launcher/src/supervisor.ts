@@ -7,6 +7,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import path from 'node:path';
 import readline from 'node:readline';
+import { serviceEnv } from '@moat/runtime';
 
 export interface SupervisedService {
   name: string;
@@ -45,7 +46,7 @@ export class Supervisor {
     const pad = s.name.padEnd(10);
     const child = spawn(process.execPath, [path.join(this.o.root, 'apps', s.name, 'dist', 'main.js')], {
       cwd: process.cwd(),
-      env: this.o.env,
+      env: serviceEnv(this.o.env),
       stdio: ['ignore', 'pipe', 'pipe'],
       // its own process group: Ctrl-C in the terminal reaches the launcher only, which stops each
       // service once (a service given two signals stops at once instead of finishing its sessions)

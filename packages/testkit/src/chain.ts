@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
 import YAML from 'yaml';
+import { serviceEnv } from '@moat/runtime';
 import { type DaemonHandle, ENV, startClamd, startSpamd } from '@moat/daemons';
 import { maildirMessages } from './maildir.js';
 import { freePort, repoRoot, tmpDir, waitFor } from './net.js';
@@ -203,7 +204,7 @@ export class Chain {
       [...this.nodeArgs, path.join(root, 'apps', name, 'dist', 'main.js')],
       {
         cwd: this.dataDir,
-        env: this.env,
+        env: serviceEnv(this.env),
         stdio: ['ignore', 'pipe', 'pipe'],
       },
     );

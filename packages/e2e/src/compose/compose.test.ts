@@ -23,6 +23,7 @@ import {
   type LoadedConfig,
   type MoatConfig,
 } from '@moat/config';
+import { SERVICE_NODE_OPTIONS } from '@moat/runtime';
 import { describe, expect, it } from 'vitest';
 import YAML from 'yaml';
 
@@ -732,6 +733,19 @@ describe('Dockerfile', () => {
         `Dockerfile:${cmd.line}: no ENTRYPOINT: compose's command must be the whole process command`,
       );
     expect(problems, problems.join('\n')).toEqual([]);
+  });
+
+  it('runs the services with the V8 options the launcher and the tests use (NODE_OPTIONS)', () => {
+    const runtime = stages.at(-1)!;
+    // ENV KEY=VALUE pairs (one ENV may set several); the last one set wins
+    const set = new Map<string, string>();
+    for (const ins of runtime.instructions.filter((i) => i.keyword === 'ENV'))
+      for (const m of ins.args.matchAll(/([A-Z_][A-Z0-9_]*)=("[^"]*"|\S+)/g))
+        set.set(m[1]!, m[2]!.replace(/^"|"$/g, ''));
+    expect(set.get('NODE_OPTIONS'), 'Dockerfile runtime stage: ENV NODE_OPTIONS').toBe(SERVICE_NODE_OPTIONS);
+    for (const [name, service] of Object.entries(readCompose().services)) {
+      expect(serviceEnv(service).NODE_OPTIONS, `service ${name} overrides NODE_OPTIONS`).toBeUndefined();
+    }
   });
 
   it("copies every app's dist, the package.json files and node_modules into the runtime stage", () => {
