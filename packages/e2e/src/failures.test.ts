@@ -1,5 +1,5 @@
 /**
- * Failure semantics of the hops, each at the stage where it happens: a next hop that is down, refuses,
+ * Failure semantics of the hops, each at the stage where the client can be told: a next hop that is down, refuses,
  * or is slower than its timeout gives the client a 4xx (never a 5xx, never a 250); a 5xx from
  * downstream reaches the client unchanged and the downstream transaction is aborted without its final
  * dot; a client that disconnects mid-DATA leaves nothing queued; internal ports refuse strangers.
@@ -58,23 +58,55 @@ describe('greylist in front of a misbehaving filter', () => {
     next.script = {};
   });
 
-  it('relays a 5xx at MAIL unchanged', async () => {
+  // greylist answers MAIL and RCPT itself and sends filter the envelope at DATA, pipelined: filter's
+  // refusals come back as the final reply
+  it("gives filter's refusal of MAIL as the final reply, and never sends the body", async () => {
     next.script = { replies: { mail: '550 5.7.1 Sender refused by policy' } };
+    const before = next.messages.length;
     const c = await session(chain.ports.screen);
-    expect((await c.cmd(`MAIL FROM:<${FROM}>`)).text).toBe('550 5.7.1 Sender refused by policy');
+    const r = await c.send(FROM, [TO], message());
+    expect(r.mail.text).toBe('250 2.1.0 Accepted');
+    expect(r.data?.code).toBe(354);
+    expect(r.final?.text).toBe('550 5.7.1 Sender refused by policy');
+    expect(next.messages.length).toBe(before);
     await c.quit();
   });
 
-  it('relays a 5xx and a 4xx at RCPT unchanged, per recipient', async () => {
+  it("gives filter's refusal of every recipient as the final reply; of some but not all, 451 4.3.0", async () => {
     next.script = { replies: { rcpt: '550 5.1.1 <nobody@example.test>: User unknown' } };
-    const c = await session(chain.ports.screen);
-    expect((await c.cmd(`MAIL FROM:<${FROM}>`)).text).toBe('250 2.1.0 Accepted');
-    expect((await c.cmd('RCPT TO:<nobody@example.test>')).text).toBe(
-      '550 5.1.1 <nobody@example.test>: User unknown',
-    );
-    next.script = { replies: { rcpt: '452 4.2.2 Mailbox full' } };
-    expect((await c.cmd(`RCPT TO:<${TO}>`)).text).toBe('452 4.2.2 Mailbox full');
+    const before = next.messages.length;
+    let c = await session(chain.ports.screen);
+    let r = await c.send(FROM, ['nobody@example.test'], message());
+    expect(r.rcpt.map((x) => x.text)).toEqual(['250 2.1.5 Accepted']);
+    expect(r.final?.text).toBe('550 5.1.1 <nobody@example.test>: User unknown');
     await c.quit();
+    let rcpts = 0;
+    next.script = {
+      get replies() {
+        return { rcpt: rcpts++ % 2 === 0 ? '250 2.1.5 Ok' : '450 4.2.1 Try later' };
+      },
+    } as never;
+    c = await session(chain.ports.screen);
+    r = await c.send(FROM, ['a@example.test', 'b@example.test'], message());
+    expect(r.final?.text).toBe('451 4.3.0 Error: next hop refused some recipients, try again later');
+    expect(next.messages.length).toBe(before);
+    await c.quit();
+  });
+
+  it('sends filter nothing for a transaction that ends before DATA, and uses the same connection next', async () => {
+    next.script = {};
+    const sessionsBefore = next.sessions.length;
+    const commandsBefore = next.commands.length;
+    const c = await session(chain.ports.screen);
+    expect((await c.cmd(`MAIL FROM:<${FROM}>`)).code).toBe(250);
+    expect((await c.cmd(`RCPT TO:<${TO}>`)).code).toBe(250);
+    expect((await c.cmd('RSET')).code).toBe(250);
+    expect(next.commands.slice(commandsBefore).filter((l) => /^(MAIL|RCPT|DATA|RSET)/i.test(l))).toEqual([]);
+    const r = await c.send(FROM, [TO], message());
+    expect(r.final?.code).toBe(250);
+    await c.quit();
+    expect(next.commands.slice(commandsBefore).filter((l) => /^MAIL/i.test(l))).toHaveLength(1);
+    expect(next.sessions.length - sessionsBefore).toBeLessThanOrEqual(1);
   });
 
   it('refuses relaying on the real domain, whatever the address tricks', async () => {
@@ -122,12 +154,11 @@ describe('greylist in front of a misbehaving filter', () => {
     await c.quit();
   });
 
-  it('gives 451 4.4.2 when filter is slower than its timeout, at MAIL and at the final dot', async () => {
+  it('gives 451 4.4.2 when filter is slower than its timeout, with the envelope and at the final dot', async () => {
     next.script = { delays: { mail: 2500 } };
     let c = await session(chain.ports.screen);
-    expect((await c.cmd(`MAIL FROM:<${FROM}>`)).text).toBe(
-      '451 4.4.2 Error: timeout waiting for next hop, try again later',
-    );
+    const slow = await c.send(FROM, [TO], message());
+    expect(slow.final?.text).toBe('451 4.4.2 Error: timeout waiting for next hop, try again later');
     await c.quit();
     next.script = { delays: { final: 2500 } };
     c = await session(chain.ports.screen);

@@ -11,7 +11,7 @@ export {
   type RelayFailure,
 } from './connection.js';
 export { poolFor, RelayPool, type PoolOptions } from './pool.js';
-export { RelayTransaction, type Envelope } from './transaction.js';
+export { RelayTransaction, type Envelope, type Reservation } from './transaction.js';
 export { relayReplies } from './replies.js';
 export { DotStuffer } from './dot-stuff.js';
 export { ReplyParser } from './reply-parser.js';

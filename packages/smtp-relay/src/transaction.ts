@@ -1,7 +1,7 @@
 /**
- * transaction: one message to the next hop, either step by step while our own client talks (greylist
- * relays MAIL and each RCPT in real time and streams the body as it arrives, like Postfix's
- * smtpd_proxy_filter), or all at once for a message already spooled (filter, quarantine release).
+ * transaction: one message to the next hop, its envelope in one pipelined write: for a message already
+ * spooled (filter, quarantine release), or while our own client is still sending its body (greylist,
+ * which reserves the connection at its client's MAIL and streams the body as it arrives).
  *
  * Per transaction: XFORWARD (the original client), MAIL, RCPTs, DATA, pipelined where the server offers
  * PIPELINING; the body dot-stuffed and written in large chunks, the final dot in the same write as the
@@ -43,9 +43,17 @@ function rcptCommand(to: Address, conn: RelayConnection): string {
 
 type State = 'open' | 'mail' | 'data' | 'done';
 
+/**
+ * A pooled connection held for a transaction whose commands all go at DATA (greylist): taking it at
+ * MAIL tells the client at once when the next hop is down, and costs no command.
+ */
+export interface Reservation {
+  readonly conn: RelayConnection;
+  readonly reused: boolean;
+}
+
 export class RelayTransaction {
   #state: State = 'open';
-  #accepted = 0;
 
   private constructor(
     readonly pool: RelayPool,
@@ -55,95 +63,6 @@ export class RelayTransaction {
 
   get target(): string {
     return this.conn.target;
-  }
-
-  /** Recipients the next hop accepted so far. */
-  get accepted(): number {
-    return this.#accepted;
-  }
-
-  /**
-   * Opens a transaction: XFORWARD + MAIL (pipelined when offered). Returns the MAIL reply; when it is not
-   * 2xx the transaction is already finished. A pooled connection that turns out to be dead is replaced
-   * once by a fresh one. Throws RelayError when the next hop cannot be reached.
-   */
-  static async begin(
-    pool: RelayPool,
-    client: ClientInfo,
-    mailFrom: Address,
-  ): Promise<{ tx: RelayTransaction | undefined; reply: Reply }> {
-    for (let attempt = 0; ; attempt++) {
-      const { conn, reused } = await pool.acquire(attempt > 0);
-      const tx = new RelayTransaction(pool, conn, pool.options.logger);
-      try {
-        const reply = await tx.#mail(client, mailFrom);
-        if (reply.code >= 300) {
-          tx.#finish(true);
-          return { tx: undefined, reply };
-        }
-        tx.#state = 'mail';
-        return { tx, reply };
-      } catch (err) {
-        conn.destroy();
-        if (reused && attempt === 0 && err instanceof RelayError && err.kind === 'lost') continue;
-        throw err;
-      }
-    }
-  }
-
-  async #mail(client: ClientInfo, from: Address): Promise<Reply> {
-    const lines = [...xforwardCommands(client, this.conn.caps.xforward), mailCommand(from, this.conn)];
-    const replies = this.conn.caps.pipelining
-      ? await Promise.all(this.conn.pipeline(lines))
-      : await lines.reduce<Promise<Reply[]>>(
-          async (acc, line) => [...(await acc), await this.conn.command(line)],
-          Promise.resolve([]),
-        );
-    for (const r of replies.slice(0, -1)) {
-      if (r.code !== 250) {
-        // XFORWARD refused: we are not an authorised peer there; a configuration problem, so 4xx
-        throw new RelayError(
-          'protocol',
-          `XFORWARD refused: ${r.code} ${r.lines.join(' / ')}`,
-          this.conn.target,
-        );
-      }
-    }
-    return replies[replies.length - 1]!;
-  }
-
-  /** One RCPT, relayed in real time. Throws RelayError on failure (the transaction is then dead). */
-  async rcpt(to: Address): Promise<Reply> {
-    if (this.#state !== 'mail') throw new Error(`rcpt in state ${this.#state}`);
-    try {
-      const r = await this.conn.command(rcptCommand(to, this.conn));
-      if (r.code < 300) this.#accepted++;
-      return r;
-    } catch (err) {
-      this.#finish(false);
-      throw err;
-    }
-  }
-
-  /**
-   * DATA: sends the command, then (after 354) `prefix` and the body, dot-stuffed, and returns the next
-   * hop's final reply. A body that fails (client gone, size limit) aborts: the connection is destroyed
-   * so the next hop never sees the final dot. Throws RelayError on a next-hop failure.
-   */
-  async data(body: Readable | AsyncIterable<Buffer>, prefix?: Buffer): Promise<Reply> {
-    if (this.#state !== 'mail') throw new Error(`data in state ${this.#state}`);
-    let go: Reply;
-    try {
-      go = await this.conn.command('DATA');
-    } catch (err) {
-      this.#finish(false);
-      throw err;
-    }
-    if (go.code !== 354) {
-      this.#finish(true);
-      return go;
-    }
-    return this.#body(body, prefix);
   }
 
   async #body(body: Readable | AsyncIterable<Buffer>, prefix?: Buffer): Promise<Reply> {
@@ -186,11 +105,22 @@ export class RelayTransaction {
     }
   }
 
+  /** Takes a connection for a later send() (see Reservation). Throws RelayError when none can be had. */
+  static reserve(pool: RelayPool): Promise<Reservation> {
+    return pool.acquire();
+  }
+
+  /** Gives back a reservation that was not used (the transaction ended before DATA). */
+  static unreserve(pool: RelayPool, r: Reservation): void {
+    pool.release(r.conn);
+  }
+
   /**
-   * Sends a whole spooled message in one go: XFORWARD, MAIL, RCPTs, DATA pipelined, then the body.
-   * One reply must cover all recipients: if the next hop refuses every one, its first refusal is
-   * returned; if it refuses some but not all, the transaction is aborted and 451 4.3.0 returned, so the
-   * client retries all of them and nobody gets the message twice.
+   * Sends a whole message in one go: XFORWARD, MAIL, RCPTs, DATA pipelined, then the body (`body()`
+   * is only called after the 354). One reply must cover all recipients: if the next hop refuses every
+   * one, its first refusal is returned; if it refuses some but not all, the transaction is aborted and
+   * 451 4.3.0 returned, so the client retries all of them and nobody gets the message twice.
+   * `reserved` is used first when given (a stale one is replaced once by a fresh connection).
    */
   static async send(
     pool: RelayPool,
@@ -198,9 +128,10 @@ export class RelayTransaction {
     envelope: Envelope,
     body: () => Readable | AsyncIterable<Buffer>,
     prefix?: Buffer,
+    reserved?: Reservation,
   ): Promise<Reply> {
     for (let attempt = 0; ; attempt++) {
-      const { conn, reused } = await pool.acquire(attempt > 0);
+      const { conn, reused } = attempt === 0 && reserved ? reserved : await pool.acquire(attempt > 0);
       const tx = new RelayTransaction(pool, conn, pool.options.logger);
       try {
         return await tx.#sendAll(client, envelope, body, prefix);
@@ -263,7 +194,6 @@ export class RelayTransaction {
       return mail;
     }
     const refused = rcpts.filter((r) => r.code >= 300);
-    this.#accepted = rcpts.length - refused.length;
     if (refused.length) {
       const answer = refused.length === rcpts.length ? refused[0]! : relayReplies.mixed();
       if (refused.length < rcpts.length) {
