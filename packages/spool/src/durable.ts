@@ -76,26 +76,48 @@ export interface DurableWriteResult {
   bytes: number;
 }
 
-type Part = Buffer | Readable | AsyncIterable<Buffer>;
+export type Part = Buffer | Readable | AsyncIterable<Buffer>;
+
+/** The final name, or a function of the bytes written (Maildir's `,S=<size>`). */
+export type FinalName = string | ((bytes: number) => string);
+
+export interface DurableWriteOptions {
+  /** Write the temporary file in this folder of the same file system (Maildir's tmp/). */
+  tmpDir?: string;
+  /** Its name there; default: the final name (which must then be a string). */
+  tmpName?: string;
+}
+
+/** writeDurable's signature: DurableWriter.write has the same one and the same contract. */
+export type DurableWrite = (
+  dir: string,
+  name: FinalName,
+  parts: readonly Part[],
+  opts?: DurableWriteOptions,
+) => Promise<DurableWriteResult>;
+
+/** Where a write goes before its rename: a Maildir's tmp/<name>, or a dot-name beside the final one. */
+export function tmpPathFor(dir: string, name: FinalName, opts: DurableWriteOptions): string {
+  const base = opts.tmpName ?? (typeof name === 'string' ? name : undefined);
+  if (opts.tmpDir && base) return path.join(opts.tmpDir, base);
+  return tmpName(opts.tmpDir ?? dir, base ?? 'write');
+}
+
+export function finalName(name: FinalName, bytes: number): string {
+  return typeof name === 'string' ? name : name(bytes);
+}
 
 /**
  * Writes `parts` (buffers, or streams read to their end, in order) to `dir/name` durably. On any
  * failure (including a stream that errors, e.g. a client that went away) the temporary file is
  * removed and the error thrown: nothing half-written is ever left under the final name.
- * `opts.tmpDir` puts the temporary file in another folder of the same file system (Maildir's tmp/).
  */
-export async function writeDurable(
-  dir: string,
-  name: string,
-  parts: readonly Part[],
-  opts: { tmpDir?: string } = {},
-): Promise<DurableWriteResult> {
-  // Maildir writes under tmp/ and renames into new/; a queue writes a dot-name beside the final one
-  const tmp = opts.tmpDir ? path.join(opts.tmpDir, name) : tmpName(dir, name);
-  const final = path.join(dir, name);
+export const writeDurable: DurableWrite = async (dir, name, parts, opts = {}) => {
+  const tmp = tmpPathFor(dir, name, opts);
   const fd = await open(tmp, 'wx', 0o640);
   let bytes = 0;
-  let ok = false;
+  let failed = false;
+  let failure: unknown;
   try {
     let pending: Buffer[] = [];
     let pendingBytes = 0;
@@ -125,15 +147,26 @@ export async function writeDurable(
     }
     await flush();
     await fsync(fd);
-    ok = true;
-  } finally {
-    await close(fd);
-    if (!ok) await unlink(tmp).catch(() => undefined);
+  } catch (err) {
+    [failed, failure] = [true, err];
   }
-  await rename(tmp, final);
+  await close(fd).catch((err: unknown) => {
+    if (!failed) [failed, failure] = [true, err];
+  });
+  if (failed) {
+    await unlink(tmp).catch(() => undefined);
+    throw failure;
+  }
+  const final = path.join(dir, finalName(name, bytes));
+  try {
+    await rename(tmp, final);
+  } catch (err) {
+    await unlink(tmp).catch(() => undefined);
+    throw err;
+  }
   await syncDir(dir);
   return { path: final, bytes };
-}
+};
 
 /** Renames durably (both directories fsynced when they differ). */
 export async function renameDurable(from: string, to: string): Promise<void> {

@@ -7,7 +7,7 @@
 import fsp from 'node:fs/promises';
 import fs from 'node:fs';
 import type { Readable } from 'node:stream';
-import { writeDurable, type DurableWriteResult } from './durable.js';
+import { writeDurable, type DurableWrite, type DurableWriteResult } from './durable.js';
 
 export interface EnvelopeFileHead {
   /** Format version. */
@@ -20,12 +20,14 @@ export function encodeHead(head: EnvelopeFileHead): Buffer {
   return Buffer.from(JSON.stringify(head) + '\n', 'utf8');
 }
 
+/** Writes `dir/<head.id>` durably with `write` (writeDurable, or a DurableWriter's). */
 export async function writeEnvelopeFile(
   dir: string,
   head: EnvelopeFileHead,
   message: readonly (Buffer | Readable | AsyncIterable<Buffer>)[],
+  write: DurableWrite = writeDurable,
 ): Promise<DurableWriteResult> {
-  return writeDurable(dir, head.id, [encodeHead(head), ...message]);
+  return write(dir, head.id, [encodeHead(head), ...message]);
 }
 
 /** Reads the head; the message starts at `bodyOffset`. */
