@@ -6,8 +6,7 @@
 import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
-import { syncDir, writeDurable } from '@moat/spool';
+import { syncDir, writeDurable, type DurableWrite, type Part } from '@moat/spool';
 
 /** Splits a recipient into its mailbox folder parts; the local part is lower-cased and made path-safe. */
 export function mailboxPath(root: string, address: string): { domain: string; local: string; dir: string } {
@@ -34,10 +33,11 @@ async function ensureMaildir(dir: string): Promise<void> {
 
 let seq = 0;
 
-function uniqueName(hostname: string, size: number): string {
+/** A unique name under tmp/; the file is called `<it>,S=<size>` in new/. */
+function uniqueName(hostname: string): string {
   const now = Date.now();
   const usec = String(now % 1000).padStart(3, '0') + crypto.randomInt(0, 1000).toString().padStart(3, '0');
-  return `${Math.floor(now / 1000)}.M${usec}P${process.pid}Q${++seq}.${hostname.replace(/[/:]/g, '_')},S=${size}`;
+  return `${Math.floor(now / 1000)}.M${usec}P${process.pid}Q${++seq}.${hostname.replace(/[/:]/g, '_')}`;
 }
 
 export interface MaildirDelivery {
@@ -45,31 +45,36 @@ export interface MaildirDelivery {
   bytes: number;
 }
 
-/** Delivers one copy: tmp/, fsync, rename into new/, fsync new/. */
+/**
+ * Delivers one copy: Return-Path and Delivered-To on top of `message`, under tmp/, fsync, rename into
+ * new/, fsync new/. Resolves once the copy is durable; `write` is writeDurable or a DurableWriter's.
+ */
 export async function deliverToMaildir(opts: {
   root: string;
   hostname: string;
   recipient: string;
   sender: string;
-  /** The message: a buffer, or a function giving a fresh stream of it. */
-  message: Buffer | (() => Readable);
-  size: number;
+  message: readonly Part[];
+  write?: DurableWrite;
 }): Promise<MaildirDelivery> {
   const { dir } = mailboxPath(opts.root, opts.recipient);
   await ensureMaildir(dir);
   const head = Buffer.from(`Return-Path: <${opts.sender}>\r\nDelivered-To: ${opts.recipient}\r\n`, 'utf8');
-  const size = head.length + opts.size;
-  const name = uniqueName(opts.hostname, size);
-  const body = Buffer.isBuffer(opts.message) ? opts.message : opts.message();
-  const { path: file } = await writeDurable(path.join(dir, 'new'), name, [head, body], {
-    tmpDir: path.join(dir, 'tmp'),
-  });
-  return { file, bytes: size };
+  const base = uniqueName(opts.hostname);
+  const write = opts.write ?? writeDurable;
+  const { path: file, bytes } = await write(
+    path.join(dir, 'new'),
+    (size) => `${base},S=${size}`,
+    [head, ...opts.message],
+    { tmpDir: path.join(dir, 'tmp'), tmpName: base },
+  );
+  return { file, bytes };
 }
 
 /**
  * Files an already durable file (a queue file written in Maildir form: Return-Path and Delivered-To on
- * top) into the Maildir by a hard link: no second copy of the bytes and no second data fsync, only the
+ * top, as releases before direct delivery wrote them; found in active/ after an upgrade) into the
+ * Maildir by a hard link: no second copy of the bytes and no second data fsync, only the
  * fsync of new/. Falls back to a copy when the queue and the Maildir are on different file systems.
  */
 export async function linkIntoMaildir(opts: {
@@ -81,7 +86,7 @@ export async function linkIntoMaildir(opts: {
 }): Promise<MaildirDelivery> {
   const { dir } = mailboxPath(opts.root, opts.recipient);
   await ensureMaildir(dir);
-  const name = uniqueName(opts.hostname, opts.size);
+  const name = `${uniqueName(opts.hostname)},S=${opts.size}`;
   const final = path.join(dir, 'new', name);
   try {
     await fsp.link(opts.file, final);

@@ -1,12 +1,15 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { Readable } from 'node:stream';
+import { afterAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '@moat/log';
-import { writeEnvelopeFile } from '@moat/spool';
+import { DurableWriter, writeEnvelopeFile } from '@moat/spool';
 import { filesUnder, maildirMessages, tmpDir, waitFor } from '@moat/testkit';
-import { Queue } from './queue.js';
+import { Queue, type QueueHead } from './queue.js';
 
 const client = { address: '192.0.2.1', port: 25, name: 'unknown', helo: 'x', proto: 'ESMTP' };
+const writer = new DurableWriter();
+afterAll(() => writer.close());
 
 function queue(dir: string): Queue {
   return new Queue({
@@ -16,8 +19,19 @@ function queue(dir: string): Queue {
     hostname: 'mx.example.test',
     runDelayMs: 60_000,
     logger: silentLogger(),
+    write: (d, name, parts, opts) => writer.write(d, name, parts, opts),
   });
 }
+
+const head = (id: string, rcpt: string[]): QueueHead => ({
+  v: 1,
+  id,
+  from: 'a@remote.test',
+  rcpt,
+  client,
+  arrived: Date.now(),
+});
+const body = () => [Buffer.from('Received: x\r\n'), Readable.from([Buffer.from('Subject: s\r\n\r\nhi\r\n')])];
 
 describe('the delivery queue', () => {
   it('delivers what a crash left in active/, in both forms, and empties the queue', async () => {
@@ -57,5 +71,66 @@ describe('the delivery queue', () => {
     );
     // the recipient in another domain waits in deferred/
     expect(fs.readdirSync(path.join(dir, 'queue', 'deferred'))).toEqual(['BBB']);
+  });
+});
+
+describe('accepting a message', () => {
+  it('delivers one local recipient into the Maildir before it resolves, with no queue file', async () => {
+    const dir = tmpDir('moat-queue-');
+    const q = queue(dir);
+    await q.init();
+    const accepted = await q.accept(head('ONE', ['Bob@example.test']), body());
+    // already durable in new/ when accept() resolves: nothing is left to do after the 250
+    const [msg] = maildirMessages(path.join(dir, 'mail'), 'bob@example.test');
+    expect(msg?.text).toBe(
+      'Return-Path: <a@remote.test>\r\nDelivered-To: Bob@example.test\r\nReceived: x\r\nSubject: s\r\n\r\nhi\r\n',
+    );
+    expect(accepted).toEqual({
+      kind: 'delivered',
+      bytes: msg!.text.length,
+      to: 'Bob@example.test',
+      file: msg!.file,
+    });
+    expect(path.basename(msg!.file)).toMatch(new RegExp(`,S=${msg!.text.length}$`));
+    expect(filesUnder(path.join(dir, 'queue'))).toEqual([]);
+    expect(filesUnder(path.join(dir, 'mail', 'example.test', 'bob', 'tmp'))).toEqual([]);
+    await q.drain();
+  });
+
+  it('queues several recipients in active/ first, then delivers the local ones and defers the others', async () => {
+    const dir = tmpDir('moat-queue-');
+    const q = queue(dir);
+    await q.init();
+    const h = head('TWO', ['c@example.test', 'd@example.test', 'e@elsewhere.test']);
+    const accepted = await q.accept(h, body());
+    expect(accepted).toMatchObject({ kind: 'queued', name: 'TWO' });
+    expect(fs.readdirSync(q.active)).toEqual(['TWO']);
+    q.settle(h, accepted);
+    await waitFor(
+      () => fs.readdirSync(q.active).length === 0 || undefined,
+      3000,
+      'the active queue to empty',
+    );
+    await q.drain();
+    for (const to of ['c@example.test', 'd@example.test']) {
+      const [msg] = maildirMessages(path.join(dir, 'mail'), to);
+      expect(msg?.text).toBe(
+        `Return-Path: <a@remote.test>\r\nDelivered-To: ${to}\r\nReceived: x\r\nSubject: s\r\n\r\nhi\r\n`,
+      );
+    }
+    expect(fs.readdirSync(q.deferred)).toEqual(['TWO']);
+  });
+
+  it('rejects when the Maildir cannot be written, and leaves nothing behind', async () => {
+    const dir = tmpDir('moat-queue-');
+    const q = queue(dir);
+    await q.init();
+    await q.accept(head('OK', ['f@example.test']), body());
+    const tmp = path.join(dir, 'mail', 'example.test', 'f', 'tmp');
+    fs.rmSync(tmp, { recursive: true });
+    await expect(q.accept(head('BAD', ['f@example.test']), body())).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(maildirMessages(path.join(dir, 'mail'), 'f@example.test')).toHaveLength(1);
+    expect(filesUnder(path.join(dir, 'queue'))).toEqual([]);
+    await q.drain();
   });
 });

@@ -1,18 +1,25 @@
 /**
  * queue: delivery's durable queue, owned by this replica (Postfix's incoming/active/deferred, small).
  *
+ * The common case, one local recipient, takes no queue at all: the message goes straight into the
+ * Maildir before the 250 (tmp/, fsync, rename into new/, fsync new/), as an LMTP final delivery
+ * does. The Maildir copy is the durable copy; there is nothing left to do after the answer.
+ * Everything else is queued:
+ *
  *   active/<id>    written durably before the 250 (envelope line + message), delivered at once;
- *   active/<id>.md the common case, one local recipient: written durably in Maildir form (Return-Path
- *                  and Delivered-To on top, which are the whole envelope), then hard-linked into the
- *                  Maildir: the bytes are written and fsynced once, not twice;
+ *   active/<id>.md one local recipient in Maildir form (Return-Path and Delivered-To on top), as
+ *                  releases before direct delivery queued it: no longer written, still recovered
+ *                  (hard-linked into the Maildir) when found after an upgrade;
  *   deferred/<id>  what could not be delivered yet (for now: recipients in other domains, since relaying
  *                  comes with the delivery issue), retried every queueRunDelay.
  *
  * A message leaves active/ only after every local copy is durable in its Maildir. At start-up whatever
  * is left in active/ (a crash between the 250 and the Maildir) is delivered again: at least once.
+ * Durable writes go through `write` (delivery passes its DurableWriter's; default writeDurable).
  */
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 import type { Logger } from '@moat/log';
 import {
   messageStream,
@@ -20,6 +27,7 @@ import {
   removeLazily,
   writeDurable,
   writeEnvelopeFile,
+  type DurableWrite,
   type EnvelopeFileHead,
 } from '@moat/spool';
 import type { ClientInfo } from '@moat/smtp-listener';
@@ -48,7 +56,14 @@ export interface QueueOptions {
   memoryCopy?: number;
   /** Deliveries in parallel. */
   concurrency?: number;
+  /** How durable files are written (default writeDurable). */
+  write?: DurableWrite;
 }
+
+/** What accept() did before the 250: a final delivery into the Maildir, or a queue file. */
+export type Accepted =
+  | { kind: 'delivered'; bytes: number; to: string; file: string }
+  | { kind: 'queued'; bytes: number; name: string; copy: Buffer | undefined };
 
 function domainOf(address: string): string {
   const at = address.lastIndexOf('@');
@@ -94,21 +109,15 @@ export class Queue {
   }
 
   /**
-   * Writes the message durably into active/; resolves only when it is safe on disk. Up to
-   * `memoryCopy` bytes of it are kept in memory too, so the Maildir copy is written without reading
-   * the queue file back.
+   * Makes the message durable; resolves only when it is safe on disk. One local recipient: delivered
+   * into the Maildir, done. Otherwise written into active/, and up to `memoryCopy` bytes of it kept in
+   * memory too, so the Maildir copies are written without reading the queue file back.
    */
-  async enqueue(
-    head: QueueHead,
-    message: readonly (Buffer | AsyncIterable<Buffer>)[],
-  ): Promise<{ bytes: number; copy: Buffer | undefined; name: string }> {
-    const only =
-      head.rcpt.length === 1 && this.isLocal(head.rcpt[0]!) ? this.#recipient(head.rcpt[0]!) : undefined;
-    if (only) {
-      const name = head.id + MAILDIR_FORM;
-      const top = Buffer.from(`Return-Path: <${head.from}>\r\nDelivered-To: ${only}\r\n`, 'utf8');
-      const { bytes } = await writeDurable(this.active, name, [top, ...message]);
-      return { bytes, copy: undefined, name };
+  async accept(head: QueueHead, message: readonly (Buffer | AsyncIterable<Buffer>)[]): Promise<Accepted> {
+    if (head.rcpt.length === 1 && this.isLocal(head.rcpt[0]!)) {
+      const to = this.#recipient(head.rcpt[0]!);
+      const { file, bytes } = await this.#toMaildir(to, head.from, message);
+      return { kind: 'delivered', bytes, to, file };
     }
     const limit = this.o.memoryCopy ?? 1024 * 1024;
     const kept: Buffer[] = [];
@@ -124,8 +133,44 @@ export class Queue {
         }
       }
     }
-    const { bytes } = await writeEnvelopeFile(this.active, head, [tee(message)]);
-    return { bytes, copy: keptBytes <= limit ? Buffer.concat(kept, keptBytes) : undefined, name: head.id };
+    const { bytes } = await writeEnvelopeFile(this.active, head, [tee(message)], this.#write);
+    const copy = keptBytes <= limit ? Buffer.concat(kept, keptBytes) : undefined;
+    return { kind: 'queued', bytes, name: head.id, copy };
+  }
+
+  /** After the 250: logs a final delivery, or delivers a queued message in the background. */
+  settle(head: QueueHead, accepted: Accepted): void {
+    if (accepted.kind === 'delivered') this.#logDelivered(head.id, accepted.to, head.arrived, accepted.file);
+    else this.schedule(accepted.name, { head, copy: accepted.copy });
+  }
+
+  get #write(): DurableWrite {
+    return this.o.write ?? writeDurable;
+  }
+
+  #toMaildir(recipient: string, sender: string, message: readonly (Buffer | AsyncIterable<Buffer>)[]) {
+    return deliverToMaildir({
+      root: this.o.maildir,
+      hostname: this.o.hostname,
+      recipient,
+      sender,
+      message,
+      write: this.#write,
+    });
+  }
+
+  #logDelivered(id: string, to: string, arrived: number | undefined, file: string): void {
+    this.o.logger.info(
+      {
+        id,
+        to,
+        relay: 'maildir',
+        delay: arrived === undefined ? undefined : (Date.now() - arrived) / 1000,
+        file,
+        status: 'sent',
+      },
+      'delivered',
+    );
   }
 
   #recipient(rcpt: string): string {
@@ -155,20 +200,16 @@ export class Queue {
 
   async #deliver(id: string, queued?: { head: QueueHead; copy: Buffer | undefined }): Promise<void> {
     const file = path.join(this.active, id);
-    if (id.endsWith(MAILDIR_FORM))
-      return this.#deliverLinked(id.slice(0, -MAILDIR_FORM.length), file, queued?.head);
+    if (id.endsWith(MAILDIR_FORM)) return this.#deliverLinked(id.slice(0, -MAILDIR_FORM.length), file);
     let head: QueueHead;
-    let message: Buffer | (() => NodeJS.ReadableStream & AsyncIterable<Buffer>);
-    let size: number;
+    let message: Buffer | (() => Readable);
     if (queued?.copy) {
       head = queued.head;
       message = queued.copy;
-      size = queued.copy.length;
     } else {
       const read = await readEnvelopeHead<QueueHead>(file);
       head = read.head;
       message = () => messageStream(file, read.bodyOffset);
-      size = read.size - read.bodyOffset;
     }
     const remote: string[] = [];
     for (const rcpt of head.rcpt) {
@@ -177,25 +218,10 @@ export class Queue {
         continue;
       }
       const recipient = this.#recipient(rcpt);
-      const done = await deliverToMaildir({
-        root: this.o.maildir,
-        hostname: this.o.hostname,
-        recipient,
-        sender: head.from,
-        message: message as Buffer | (() => import('node:stream').Readable),
-        size,
-      });
-      this.o.logger.info(
-        {
-          id,
-          to: recipient,
-          relay: 'maildir',
-          delay: (Date.now() - head.arrived) / 1000,
-          file: done.file,
-          status: 'sent',
-        },
-        'delivered',
-      );
+      const done = await this.#toMaildir(recipient, head.from, [
+        Buffer.isBuffer(message) ? message : message(),
+      ]);
+      this.#logDelivered(id, recipient, head.arrived, done.file);
     }
     if (remote.length) {
       const deferredHead: QueueHead = {
@@ -204,7 +230,12 @@ export class Queue {
         reason: 'relaying to other domains is not enabled',
         attempts: 1,
       };
-      await writeEnvelopeFile(this.deferred, deferredHead, [Buffer.isBuffer(message) ? message : message()]);
+      await writeEnvelopeFile(
+        this.deferred,
+        deferredHead,
+        [Buffer.isBuffer(message) ? message : message()],
+        this.#write,
+      );
       for (const to of remote) {
         this.o.logger.warn({ id, to, status: 'deferred', reason: deferredHead.reason }, 'deferred');
       }
@@ -213,15 +244,12 @@ export class Queue {
     await removeLazily(file);
   }
 
-  /** One local recipient, queue file already in Maildir form: link it in, then let the queue file go. */
-  async #deliverLinked(id: string, file: string, head: QueueHead | undefined): Promise<void> {
-    let recipient = head ? this.#recipient(head.rcpt[0]!) : undefined;
-    if (!recipient) {
-      // recovery after a crash: the envelope is the Delivered-To header on top of the file
-      const top = (await fsp.readFile(file)).subarray(0, 4096).toString('utf8');
-      recipient = /^Delivered-To: (.*)\r$/m.exec(top)?.[1];
-      if (!recipient) throw new Error(`${file}: no Delivered-To on top of a Maildir-form queue file`);
-    }
+  /** A Maildir-form queue file (see the top): link it in, then let the queue file go. */
+  async #deliverLinked(id: string, file: string): Promise<void> {
+    // the envelope is the Delivered-To header on top of the file
+    const top = (await fsp.readFile(file)).subarray(0, 4096).toString('utf8');
+    const recipient = /^Delivered-To: (.*)\r$/m.exec(top)?.[1];
+    if (!recipient) throw new Error(`${file}: no Delivered-To on top of a Maildir-form queue file`);
     const { size } = await fsp.stat(file);
     const done = await linkIntoMaildir({
       root: this.o.maildir,
@@ -230,17 +258,7 @@ export class Queue {
       file,
       size,
     });
-    this.o.logger.info(
-      {
-        id,
-        to: recipient,
-        relay: 'maildir',
-        delay: head ? (Date.now() - head.arrived) / 1000 : undefined,
-        file: done.file,
-        status: 'sent',
-      },
-      'delivered',
-    );
+    this.#logDelivered(id, recipient, undefined, done.file);
     await removeLazily(file);
   }
 

@@ -1,12 +1,15 @@
 /**
  * service: delivery on 10025, Postfix's reinjection smtpd and queue. No checks at all: mail that
- * reached it has been judged. Answers 250 only once the message is durable in the queue.
+ * reached it has been judged. Answers 250 only once the message is durable: in its Maildir (one local
+ * recipient, a final delivery) or in the queue. Durable writes of messages up to 1 MiB go through one
+ * worker thread (DurableWriter), which spares the thread-pool round trip of each fs call.
  */
 import { internalSizeLimit, type MoatConfig } from '@moat/config';
 import type { Logger } from '@moat/log';
 import type { RunningService } from '@moat/service';
 import { createListener, reply, hopReceived, type Reply } from '@moat/smtp-listener';
-import { Queue } from './queue.js';
+import { DurableWriter } from '@moat/spool';
+import { Queue, type Accepted } from './queue.js';
 
 export const deliveryReplies = {
   queued: (id: string) => reply(250, '2.0.0', `Ok: queued as ${id}`),
@@ -15,6 +18,7 @@ export const deliveryReplies = {
 
 export async function startDelivery(config: Readonly<MoatConfig>, logger: Logger): Promise<RunningService> {
   const c = config.delivery;
+  const writer = new DurableWriter();
   const queue = new Queue({
     dir: c.queueDir,
     maildir: c.maildir,
@@ -22,6 +26,7 @@ export async function startDelivery(config: Readonly<MoatConfig>, logger: Logger
     hostname: config.hostname,
     runDelayMs: c.queueRunDelay,
     logger,
+    write: (dir, name, parts, opts) => writer.write(dir, name, parts, opts),
   });
   await queue.init();
 
@@ -38,7 +43,7 @@ export async function startDelivery(config: Readonly<MoatConfig>, logger: Logger
         const client = tx.client;
         const rcpt = tx.rcptTo.map((r) => r.address);
         const received = hopReceived(tx, { hostname: config.hostname, service: 'delivery' });
-        let queued: { bytes: number; copy: Buffer | undefined; name: string };
+        let accepted: Accepted;
         const head = {
           v: 1 as const,
           id: tx.id,
@@ -48,7 +53,7 @@ export async function startDelivery(config: Readonly<MoatConfig>, logger: Logger
           arrived: tx.startedAt,
         };
         try {
-          queued = await queue.enqueue(head, [received, body]);
+          accepted = await queue.accept(head, [received, body]);
         } catch (err) {
           if (body.destroyed && !body.readableEnded) {
             logger.info(
@@ -68,12 +73,12 @@ export async function startDelivery(config: Readonly<MoatConfig>, logger: Logger
             client: client.address,
             from: tx.mailFrom.address,
             to: rcpt,
-            size: queued.bytes,
+            size: accepted.bytes,
             reply: `${r.code} ${r.lines[0]}`,
           },
           'queued',
         );
-        queue.schedule(queued.name, { head, copy: queued.copy });
+        queue.settle(head, accepted);
         return r;
       },
     },
@@ -84,6 +89,7 @@ export async function startDelivery(config: Readonly<MoatConfig>, logger: Logger
     async stop() {
       await listener.close();
       await queue.drain();
+      await writer.close();
     },
   };
 }
