@@ -4,6 +4,7 @@
  * eicar() (the test string, built at run time so this file itself is not flagged), eicarSignature
  * (the .ndb line), clamdPing and clamdScan (zPING / zINSTREAM over TCP or the unix socket).
  */
+import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -38,11 +39,23 @@ export function eicarSignature(): string {
 export interface ClamdConfigParams {
   databaseDir: string;
   port: number;
+  /** Where clamd keeps each INSTREAM while it scans it; default: /dev/shm when there is one. */
+  tmpDir?: string;
   socket: string;
   logFile: string;
 }
 
+function writable(dir: string): boolean {
+  try {
+    fs.accessSync(dir, fs.constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function clamdConfig(p: ClamdConfigParams): string {
+  const tmpDir = p.tmpDir ?? (writable('/dev/shm') ? '/dev/shm' : undefined);
   return [
     '# written by @moat/daemons',
     'Foreground yes',
@@ -55,6 +68,10 @@ export function clamdConfig(p: ClamdConfigParams): string {
     'Bytecode no',
     `LogFile ${p.logFile}`,
     'LogTime yes',
+    // clamd writes every INSTREAM to a temporary file before scanning it: in RAM, a scan of a small
+    // message takes half the time (1 ms instead of 2 at p50 through the chain), and the file's
+    // creation and removal stay out of the journal that delivery's fsyncs commit
+    ...(tmpDir ? [`TemporaryDirectory ${tmpDir}`] : []),
     'StreamMaxLength 60M',
     'MaxScanSize 100M',
     'MaxFileSize 60M',

@@ -61,6 +61,15 @@ describe('clamd config', () => {
     }
     expect(conf).toMatch(/^MaxScanSize \d+M$/m);
     expect(conf).toMatch(/^MaxFileSize \d+M$/m);
+    expect(lines).toContain('TemporaryDirectory /dev/shm'); // Debian has it: streams scanned from RAM
+    const own = clamdConfig({
+      databaseDir: '/s/db',
+      port: 1,
+      socket: '/s/s',
+      logFile: '/s/l',
+      tmpDir: '/s/tmp',
+    });
+    expect(own.split('\n')).toContain('TemporaryDirectory /s/tmp');
   });
 });
 
