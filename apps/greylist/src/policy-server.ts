@@ -35,15 +35,11 @@ export async function answerPolicy(
 ): Promise<string> {
   const state = attrs.get('protocol_state');
   if (state !== undefined && state.toUpperCase() !== 'RCPT') return 'DUNNO';
-  const clientAddress = attrs.get('client_address');
+  const given = attrs.get('client_address');
+  const clientAddress = given !== undefined && /^ipv6:/i.test(given) ? given.slice(5) : given;
   const sender = attrs.get('sender');
   const recipient = attrs.get('recipient');
-  if (
-    !clientAddress ||
-    sender === undefined ||
-    !recipient ||
-    net.isIP(clientAddress.replace(/^ipv6:/i, '')) === 0
-  ) {
+  if (!clientAddress || sender === undefined || !recipient || net.isIP(clientAddress) === 0) {
     logger?.warn(
       { attrs: Object.fromEntries(attrs) },
       'policy request without client_address, sender or recipient: DUNNO',
@@ -51,7 +47,7 @@ export async function answerPolicy(
     return 'DUNNO';
   }
   const request: Request = {
-    clientAddress: clientAddress.replace(/^ipv6:/i, ''),
+    clientAddress,
     clientName: attrs.get('client_name') || 'unknown',
     helo: attrs.get('helo_name') ?? '',
     sender,
@@ -60,19 +56,19 @@ export async function answerPolicy(
   };
   const d = await engine.decide(request);
   const line = postgreyLine(d, request);
-  const fields = { queueId: attrs.get('queue_id') || undefined, instance: attrs.get('instance') };
+  const queueId = attrs.get('queue_id') || undefined;
+  const instance = attrs.get('instance');
   if (d.action === 'tempfail') {
-    logger?.warn({ ...fields, err: d.error }, line);
+    logger?.warn({ queueId, instance, err: d.error }, line);
     return '451 4.3.0 Temporary lookup failure';
   }
   if (d.action === 'greylist') {
-    logger?.info({ ...fields, key: d.key, keyedOn: d.keyedOn }, line);
+    logger?.info({ queueId, instance, key: d.key, keyedOn: d.keyedOn }, line);
     const text = attrs.has('etrn_domain') && !/^\d/.test(d.text) ? `4.2.0 ${d.text}` : d.text;
     return `DEFER_IF_PERMIT ${text}`;
   }
-  logger?.info({ ...fields, key: d.key, keyedOn: d.keyedOn, entry: d.entry }, line);
+  logger?.info({ queueId, instance, key: d.key, keyedOn: d.keyedOn, entry: d.entry }, line);
   if (d.header) {
-    const instance = attrs.get('instance');
     if (instance === undefined || !seen.includes(instance)) {
       if (instance !== undefined) {
         seen.push(instance);
@@ -104,26 +100,46 @@ export async function startPolicyServer(
     socket.setNoDelay(true);
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => undefined);
-    let buffer = '';
+    let rest = '';
     let attrs = new Map<string, string>();
     let lines = 0;
     let bytes = 0;
-    let chain: Promise<void> = Promise.resolve();
+    // answers leave in request order, each as soon as it and those before it are decided; those
+    // decided together leave in one write
+    const queue: { action: string | undefined }[] = [];
+    let writeQueued = false;
+    const write = () => {
+      writeQueued = false;
+      let out = '';
+      let n = 0;
+      while (n < queue.length && queue[n]!.action !== undefined) out += `action=${queue[n++]!.action}\n\n`;
+      queue.splice(0, n);
+      if (out !== '' && !socket.destroyed) socket.write(out);
+    };
+    const answered = (slot: { action: string | undefined }, action: string) => {
+      slot.action = action;
+      if (!writeQueued && queue[0] === slot) {
+        writeQueued = true;
+        queueMicrotask(write);
+      }
+    };
     const trouble = (why: string) => {
       log.warn({ peer, why }, 'policy connection closed without an answer');
       socket.destroy();
     };
     socket.on('data', (chunk: Buffer) => {
-      buffer += chunk.toString('latin1');
+      const text = rest === '' ? chunk.toString('latin1') : rest + chunk.toString('latin1');
+      let start = 0;
       let nl: number;
-      while ((nl = buffer.indexOf('\n')) !== -1) {
-        const line = buffer.slice(0, nl).replace(/\r$/, '');
-        buffer = buffer.slice(nl + 1);
-        bytes += line.length + 1;
-        if (line !== '') {
+      while ((nl = text.indexOf('\n', start)) !== -1) {
+        const from = start;
+        const end = nl > from && text.charCodeAt(nl - 1) === 13 ? nl - 1 : nl;
+        start = nl + 1;
+        bytes += end - from + 1;
+        if (end > from) {
           if (++lines > MAX_LINES || bytes > MAX_BYTES) return trouble('request too long');
-          const eq = line.indexOf('=');
-          if (eq > 0) attrs.set(line.slice(0, eq), line.slice(eq + 1));
+          const eq = text.indexOf('=', from);
+          if (eq > from && eq < end) attrs.set(text.slice(from, eq), text.slice(eq + 1, end));
           continue;
         }
         const request = attrs;
@@ -132,17 +148,18 @@ export async function startPolicyServer(
         bytes = 0;
         if (request.get('request') !== 'smtpd_access_policy')
           return trouble(`request=${request.get('request') ?? '(none)'}`);
-        // answers leave in request order, each as soon as it and those before it are decided
-        const answer = answerPolicy(request, engine, seen, log).catch((err: unknown) => {
-          log.error({ err: (err as Error).message }, 'policy request failed');
-          return '451 4.3.0 Temporary lookup failure';
-        });
-        chain = chain.then(async () => {
-          const action = await answer;
-          if (!socket.destroyed) socket.write(`action=${action}\n\n`);
-        });
+        const slot: { action: string | undefined } = { action: undefined };
+        queue.push(slot);
+        answerPolicy(request, engine, seen, log).then(
+          (action) => answered(slot, action),
+          (err: unknown) => {
+            log.error({ err: (err as Error).message }, 'policy request failed');
+            answered(slot, '451 4.3.0 Temporary lookup failure');
+          },
+        );
       }
-      if (buffer.length > MAX_BYTES) trouble('line too long');
+      rest = start === text.length ? '' : text.slice(start);
+      if (rest.length > MAX_BYTES) trouble('line too long');
     });
   });
   const hp = parseHostPort(config.greylist.policyListen)!;

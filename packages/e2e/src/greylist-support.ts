@@ -58,7 +58,10 @@ export async function startTinyDns(txt: Record<string, string[]>): Promise<TinyD
   };
 }
 
-/** One connection to a policy server; ask() sends one request and reads its `action=` answer. */
+/**
+ * One connection to a policy server; ask() sends one request and reads its `action=` answer, send()
+ * does the same with a request already encoded (policyRequestBytes), as a load generator would.
+ */
 export class PolicyClient {
   #buffer = '';
   #waiters: ((a: string) => void)[] = [];
@@ -66,12 +69,12 @@ export class PolicyClient {
   private constructor(readonly socket: net.Socket) {
     socket.setNoDelay(true);
     socket.on('data', (d: Buffer) => {
-      this.#buffer += d.toString('latin1');
+      this.#buffer = this.#buffer === '' ? d.toString('latin1') : this.#buffer + d.toString('latin1');
       let end: number;
       while ((end = this.#buffer.indexOf('\n\n')) !== -1) {
         const block = this.#buffer.slice(0, end);
         this.#buffer = this.#buffer.slice(end + 2);
-        const action = block.replace(/^action=/, '');
+        const action = block.startsWith('action=') ? block.slice(7) : block;
         const w = this.#waiters.shift();
         if (w) w(action);
         else this.#answers.push(action);
@@ -88,10 +91,11 @@ export class PolicyClient {
   }
 
   ask(attrs: Record<string, string>): Promise<string> {
-    const text = Object.entries(attrs)
-      .map(([k, v]) => `${k}=${v}\n`)
-      .join('');
-    this.socket.write(text + '\n');
+    return this.send(policyRequestBytes(attrs));
+  }
+
+  send(request: Buffer): Promise<string> {
+    this.socket.write(request);
     const ready = this.#answers.shift();
     if (ready !== undefined) return Promise.resolve(ready);
     return new Promise((resolve) => this.#waiters.push(resolve));
@@ -100,6 +104,13 @@ export class PolicyClient {
   close(): void {
     this.socket.destroy();
   }
+}
+
+/** A request on the wire: `name=value` lines and the empty line that ends it. */
+export function policyRequestBytes(attrs: Record<string, string>): Buffer {
+  let text = '';
+  for (const [k, v] of Object.entries(attrs)) text += `${k}=${v}\n`;
+  return Buffer.from(text + '\n', 'utf8');
 }
 
 /** A request as Postfix sends it at RCPT. */

@@ -4,6 +4,7 @@
  * locked by another connection (busy timeout), a bad setting. Also that Redis records carry TTLs, so
  * Redis expires them itself, and that maintenance clears pending entries whose triplet expired.
  */
+import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { Redis } from 'ioredis';
@@ -129,6 +130,35 @@ describe('sqlite busy', () => {
     }
   });
 
+  it('writes of one turn commit together, and one that fails does not undo the others', async () => {
+    const store = await sqlite.fresh().open();
+    const [a, bad, b] = await Promise.allSettled([
+      store.greylistCheck('a', { now: T0, ...GREY }),
+      store.recordPass('192.0.2.1', 'pregreet', -1, T0),
+      store.greylistLookup({ ip: '192.0.2.2', key: 'b', now: T0, awlClients: 5, ...GREY }),
+    ]);
+    expect(a).toMatchObject({ status: 'fulfilled', value: { reason: 'new' } });
+    expect(bad).toMatchObject({ status: 'rejected', reason: { kind: 'invalid' } });
+    expect(b).toMatchObject({ status: 'fulfilled', value: { reason: 'new' } });
+    expect((await store.listPending(10)).map((p) => p.key).sort()).toEqual(['a', 'b']);
+    expect(await store.getClient('192.0.2.1')).toBeUndefined();
+  });
+
+  it('checkpoints the WAL on its worker thread, and the data survives a reopen', async () => {
+    const where = sqlite.fresh();
+    const store = await where.open();
+    const file = path.join(where.dataDir, SQLITE_FILE);
+    const before = fs.statSync(file).size;
+    await Promise.all(
+      Array.from({ length: 2000 }, (_, i) => store.greylistCheck(`key-${i}`, { now: T0, ...GREY })),
+    );
+    // far below this connection's own checkpoint threshold: only the worker copies pages into the file
+    await expect.poll(() => fs.statSync(file).size, { timeout: 3000 }).toBeGreaterThan(before + 64 * 1024);
+    await store.close();
+    const again = await where.open();
+    expect(await again.listPending(5000)).toHaveLength(2000);
+  });
+
   it('uses WAL mode (readers never wait for the writer)', async () => {
     const where = sqlite.fresh();
     await where.open();
@@ -173,6 +203,28 @@ describe('redis TTLs', () => {
       expect(await pttl('triplet:k')).toBeCloseTo(GREY.maxAgeMs, -3);
       await store.awlBump('192.0.2.1', T0, { maxAgeMs: 35 * DAY_MS });
       expect(await pttl('awl:192.0.2.1')).toBeCloseTo(35 * DAY_MS, -3);
+    } finally {
+      raw.disconnect();
+    }
+  });
+
+  it('a lookup that fails inside the batch script fails alone', async () => {
+    const where = redisBackend.fresh();
+    const store = await where.open();
+    const raw = new Redis(redis().address);
+    try {
+      await raw.set(`${where.prefix}awl:192.0.2.66`, 'not a hash');
+      const ask = (ip: string) =>
+        store.greylistLookup({ ip, key: `${ip}/a/b`, now: T0, awlClients: 5, ...GREY });
+      const [before, bad, after] = await Promise.allSettled([
+        ask('192.0.2.65'),
+        ask('192.0.2.66'),
+        ask('192.0.2.67'),
+      ]);
+      expect(before).toMatchObject({ status: 'fulfilled', value: { reason: 'new' } });
+      expect(bad).toMatchObject({ status: 'rejected', reason: { name: 'StoreError' } });
+      expect((bad as PromiseRejectedResult).reason.message).toMatch(/WRONGTYPE/);
+      expect(after).toMatchObject({ status: 'fulfilled', value: { reason: 'new' } });
     } finally {
       raw.disconnect();
     }

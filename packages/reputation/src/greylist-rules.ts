@@ -13,8 +13,12 @@
  * Postgrey derives "passed" from last - first >= delay; we store it, which gives the same answers
  * for a fixed delay and lets maintenance work without knowing the delay.
  * An operator approval (approvedUntil >= now) makes the next check pass as a first pass.
+ * A client skips the triplet (greylistLookup) when screen trusts it (clientTrust: DNSWL trust with a
+ * negative score, or every chosen test passed and unexpired) or when its AWL count reached the
+ * threshold.
  */
-import { AWL_INTERVAL_MS, type GreylistResult } from './types.js';
+import { dnswlTrusted, passOld } from './client-record.js';
+import { AWL_INTERVAL_MS, type ClientRecord, type GreylistResult } from './types.js';
 
 export interface TripletState {
   firstSeen: number;
@@ -96,4 +100,16 @@ export function decideAwlBump(
     return { count: live.count, next: undefined };
   const count = (live?.count ?? 0) + 1;
   return { count, next: { count, lastSeen: now } };
+}
+
+/** Why screen's record lets the client skip greylisting, or undefined. `tests` empty: DNSWL only. */
+export function clientTrust(
+  record: ClientRecord | undefined,
+  now: number,
+  tests: readonly string[],
+): 'dnswl' | 'screen' | undefined {
+  if (record === undefined) return undefined;
+  if (dnswlTrusted(record, now) && record.dnswlTrust!.score < 0) return 'dnswl';
+  if (tests.length > 0 && passOld(record, tests, now)) return 'screen';
+  return undefined;
 }

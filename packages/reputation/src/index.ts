@@ -9,7 +9,7 @@ export { SqliteStore, SQLITE_FILE } from './sqlite-store.js';
 export { RedisStore, type RedisStoreOptions } from './redis-store.js';
 export { StoreError, type StoreErrorKind } from './errors.js';
 export { dnswlTrusted, passOld, validPasses } from './client-record.js';
-export { decideTriplet, type TripletState } from './greylist-rules.js';
+export { clientTrust, decideTriplet, type TripletState } from './greylist-rules.js';
 export {
   AWL_INTERVAL_MS,
   DAY_MS,
@@ -23,7 +23,9 @@ export {
   type CleanupResult,
   type ClientRecord,
   type DnswlTrust,
+  type GreylistAnswer,
   type GreylistParams,
+  type GreylistQuery,
   type GreylistResult,
   type MaintenanceParams,
   type MaintenanceResult,

@@ -68,42 +68,116 @@ return {retained, dropped}
 `;
 
 /**
- * KEYS[1]=triplet KEYS[2]=pending; ARGV: key now delayMs retryWindowMs maxAgeMs.
+ * greylist-rules' decideTriplet on the triplet hash tk and the pending index pk (member = the key).
  * Returns {code, seconds, firstPass}: code 0 = defer new, 1 = defer early-retry, 2 = pass.
  */
-const GREYLIST_CHECK = `${FMT}
-local now, delay, rw, maxAge = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local v = redis.call('HMGET', KEYS[1], 'f', 'l', 'p', 'a')
-local exists = v[1] ~= false and v[2] ~= false
-local approved = exists and tonumber(v[4] or '0') >= now
-local first, startOver, wasPassed = now, true, false
-if exists and (approved or now - tonumber(v[2]) <= maxAge) then
-  wasPassed = v[3] == '1'
-  first = tonumber(v[1])
-  startOver = false
-  if first > now then
-    first = now
-    startOver = (not wasPassed) and (not approved)
-  elseif (not wasPassed) and (not approved) and now - first > rw then
-    first = now
-    startOver = true
+const TRIPLET = `
+local function triplet(tk, pk, member, now, delay, rw, maxAge)
+  local v = redis.call('HMGET', tk, 'f', 'l', 'p', 'a')
+  local exists = v[1] ~= false and v[2] ~= false
+  local approved = exists and tonumber(v[4] or '0') >= now
+  local first, startOver, wasPassed = now, true, false
+  if exists and (approved or now - tonumber(v[2]) <= maxAge) then
+    wasPassed = v[3] == '1'
+    first = tonumber(v[1])
+    startOver = false
+    if first > now then
+      first = now
+      startOver = (not wasPassed) and (not approved)
+    elseif (not wasPassed) and (not approved) and now - first > rw then
+      first = now
+      startOver = true
+    end
   end
+  local elapsed = now - first
+  if wasPassed or approved or elapsed >= delay then
+    redis.call('HSET', tk, 'f', fmt(first), 'l', fmt(now), 'p', '1', 'a', '0')
+    redis.call('PEXPIRE', tk, math.max(1, maxAge))
+    redis.call('ZREM', pk, member)
+    local firstPass = 1
+    if wasPassed then firstPass = 0 end
+    return {2, math.floor(elapsed / 1000), firstPass}
+  end
+  redis.call('HSET', tk, 'f', fmt(first), 'l', fmt(now), 'p', '0', 'a', '0')
+  redis.call('PEXPIRE', tk, math.max(1, math.min(maxAge, rw)))
+  redis.call('ZADD', pk, fmt(now), member)
+  local code = 1
+  if startOver then code = 0 end
+  return {code, math.ceil((delay - elapsed) / 1000), 0}
 end
-local elapsed = now - first
-if wasPassed or approved or elapsed >= delay then
-  redis.call('HSET', KEYS[1], 'f', fmt(first), 'l', fmt(now), 'p', '1', 'a', '0')
-  redis.call('PEXPIRE', KEYS[1], math.max(1, maxAge))
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  local firstPass = 1
-  if wasPassed then firstPass = 0 end
-  return {2, math.floor(elapsed / 1000), firstPass}
+`;
+
+/** KEYS[1]=triplet KEYS[2]=pending; ARGV: key now delayMs retryWindowMs maxAgeMs. See TRIPLET. */
+const GREYLIST_CHECK = `${FMT}
+${TRIPLET}
+return triplet(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
+`;
+
+/**
+ * greylistLookup for a batch of queries (those of one turn of the event loop: one call, one round
+ * trip). KEYS[1]=pending, then per query its triplet, client and awl keys. ARGV per query:
+ * key now delayMs retryWindowMs maxAgeMs trust(0|1) awlClients awlIntervalMs keyed(0|1) nTests tests...
+ * Each query, in order: screen's trust (client-record's dnswlTrusted and passOld, as greylist-rules'
+ * clientTrust), then the AWL (awlCurrentCount, and decideAwlBump when it reached awlClients), then
+ * TRIPLET when keyed. Returns {code, n, firstPass} per query, flattened: TRIPLET's codes, 3 = trusted
+ * (dnswl), 4 = trusted (screen), 5 = AWL (n = the count), 6 = not keyed and not skipped, -1 = this
+ * query failed (n = the error); a failing query does not stop the others.
+ */
+const GREYLIST_LOOKUP = `${FMT}
+${TRIPLET}
+local function lookup(tk, ck, ak, member, now, delay, rw, maxAge, trust, awlClients, interval, keyed, tests)
+  if trust then
+    local c = redis.call('HMGET', ck, 'ls', 'ds', 'de')
+    if c[1] then
+      if c[2] and c[3] and tonumber(c[3]) > now and tonumber(c[2]) < 0 then return {3, 0, 0} end
+      if #tests > 0 then
+        local fields = {}
+        for i, t in ipairs(tests) do fields[i] = 'p:' .. t end
+        local passes = redis.call('HMGET', ck, unpack(fields))
+        local all = true
+        for i = 1, #tests do
+          local p = passes[i]
+          local e = p and tonumber(string.match(p, ':(%-?%d+)$'))
+          if not (e and e > now) then all = false end
+        end
+        if all then return {4, 0, 0} end
+      end
+    end
+  end
+  if awlClients > 0 then
+    local v = redis.call('HMGET', ak, 'c', 'l')
+    local count, last = tonumber(v[1]), tonumber(v[2])
+    if count and last and now - last <= maxAge and count >= awlClients then
+      if now >= last + interval then
+        count = count + 1
+        redis.call('HSET', ak, 'c', fmt(count), 'l', fmt(now))
+        redis.call('PEXPIRE', ak, math.max(1, maxAge))
+      end
+      return {5, count, 0}
+    end
+  end
+  if not keyed then return {6, 0, 0} end
+  return triplet(tk, KEYS[1], member, now, delay, rw, maxAge)
 end
-redis.call('HSET', KEYS[1], 'f', fmt(first), 'l', fmt(now), 'p', '0', 'a', '0')
-redis.call('PEXPIRE', KEYS[1], math.max(1, math.min(maxAge, rw)))
-redis.call('ZADD', KEYS[2], fmt(now), ARGV[1])
-local code = 1
-if startOver then code = 0 end
-return {code, math.ceil((delay - elapsed) / 1000), 0}
+local out = {}
+local a = 1
+for q = 1, (#KEYS - 1) / 3 do
+  local n = tonumber(ARGV[a + 9])
+  local tests = {}
+  for i = 1, n do tests[i] = ARGV[a + 9 + i] end
+  local ok, r = pcall(lookup, KEYS[3 * q - 1], KEYS[3 * q], KEYS[3 * q + 1], ARGV[a], tonumber(ARGV[a + 1]),
+    tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), ARGV[a + 5] == '1',
+    tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), ARGV[a + 8] == '1', tests)
+  if not ok then
+    if type(r) == 'table' then r = r.err end
+    r = {-1, tostring(r), 0}
+  end
+  out[#out + 1] = r[1]
+  out[#out + 1] = r[2]
+  out[#out + 1] = r[3]
+  a = a + 10 + n
+end
+return out
 `;
 
 /** KEYS[1]=triplet KEYS[2]=pending; ARGV: key now ttlMs. Returns 1 when approved, 0 when already passed. */
@@ -198,6 +272,7 @@ export const SCRIPTS = {
   moatClientWrite: { numberOfKeys: 1, lua: CLIENT_WRITE },
   moatCleanupBatch: { numberOfKeys: undefined, lua: CLEANUP_BATCH },
   moatGreylistCheck: { numberOfKeys: 2, lua: GREYLIST_CHECK },
+  moatGreylistLookup: { numberOfKeys: undefined, lua: GREYLIST_LOOKUP },
   moatGreylistApprove: { numberOfKeys: 2, lua: GREYLIST_APPROVE },
   moatGreylistExpire: { numberOfKeys: undefined, lua: GREYLIST_EXPIRE },
   moatPendingPrune: { numberOfKeys: undefined, lua: PENDING_PRUNE },

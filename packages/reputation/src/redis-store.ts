@@ -4,7 +4,8 @@
  *
  * Promises:
  * - Every decision that reads then writes runs as one Lua script (redis-scripts.ts): atomic
- *   whatever the number of screen and greylist replicas.
+ *   whatever the number of screen and greylist replicas. greylistLookup sends the lookups of one
+ *   turn of the event loop in one script call; each is still decided (and fails) on its own.
  * - Records carry TTLs (PEXPIRE) so Redis drops them itself: client records at latest expiry +
  *   retention, triplets at max-age (retry window while never passed), AWL entries at max-age.
  *   cleanup() and maintenance() also sweep with SCAN in small batches, for records a clock change
@@ -28,7 +29,9 @@ import {
   type AwlOptions,
   type CleanupResult,
   type ClientRecord,
+  type GreylistAnswer,
   type GreylistParams,
+  type GreylistQuery,
   type GreylistResult,
   type MaintenanceParams,
   type MaintenanceResult,
@@ -39,9 +42,18 @@ import {
 } from './types.js';
 
 const SCAN_COUNT = 200;
+/** Lookups per script call (a turn's worth under load is a few dozen). */
+const LOOKUP_BATCH = 256;
 const CLEANUP_LOCK_MS = 10 * 60_000;
 
 type ScriptFn = (...args: (string | number)[]) => Promise<unknown>;
+
+interface Lookup {
+  query: GreylistQuery;
+  now: number;
+  resolve(a: GreylistAnswer): void;
+  reject(e: unknown): void;
+}
 
 export interface RedisStoreOptions extends Omit<StoreOptions, 'dataDir'> {
   dataDir?: string;
@@ -79,6 +91,10 @@ export class RedisStore implements ReputationStore {
         enableOfflineQueue: false,
         // commands issued in the same turn of the event loop leave in one write (one round trip)
         enableAutoPipelining: true,
+        // except greylistLookup, which batches its own turn into one script call: through the
+        // auto-pipeline it would also wait for the previous pipeline's answer (one in flight at a
+        // time) and pay for a Pipeline per call; sent at once, it measured 1.3-1.6x the lookups/s
+        autoPipeliningIgnoredCommands: ['moatGreylistLookup'],
         // Reconnect for ever, backing off to 2 s: the store comes back when Redis does.
         retryStrategy: (attempt: number) => Math.min(100 * attempt, 2000),
       });
@@ -224,12 +240,61 @@ export class RedisStore implements ReputationStore {
       Math.round(params.retryWindowMs),
       Math.round(params.maxAgeMs),
     )) as [number, number, number];
-    const [code, seconds, firstPass] = reply;
-    if (code === 2)
-      return { action: 'pass', reason: 'triplet found', firstPass: firstPass === 1, delayedSeconds: seconds };
-    return code === 0
-      ? { action: 'defer', reason: 'new', secondsLeft: seconds }
-      : { action: 'defer', reason: 'early-retry', secondsLeft: seconds };
+    return tripletResult(reply);
+  }
+
+  /**
+   * Lookups of one turn of the event loop go to Redis as one script call (one command, one round
+   * trip, one pass of ioredis's machinery), each query still atomic on its own; see GREYLIST_LOOKUP.
+   */
+  greylistLookup(query: GreylistQuery): Promise<GreylistAnswer> {
+    return new Promise((resolve, reject) => {
+      if (this.#lookups.length === 0) setImmediate(() => this.#flushLookups());
+      this.#lookups.push({ query, now: Math.floor(query.now ?? Date.now()), resolve, reject });
+    });
+  }
+
+  #lookups: Lookup[] = [];
+
+  #flushLookups(): void {
+    const all = this.#lookups;
+    this.#lookups = [];
+    // at most LOOKUP_BATCH per script, so that no one script keeps Redis from its other clients long
+    for (let i = 0; i < all.length; i += LOOKUP_BATCH) this.#sendLookups(all.slice(i, i + LOOKUP_BATCH));
+  }
+
+  #sendLookups(batch: Lookup[]): void {
+    const keys: string[] = [this.#pendingKey];
+    const args: (string | number)[] = [];
+    for (const { query: q, now } of batch) {
+      keys.push(this.#key('triplet', q.key ?? ''), this.#key('client', q.ip), this.#key('awl', q.ip));
+      const tests = q.trust?.tests ?? [];
+      args.push(
+        q.key ?? '',
+        now,
+        Math.round(q.delayMs),
+        Math.round(q.retryWindowMs),
+        Math.round(q.maxAgeMs),
+        q.trust ? 1 : 0,
+        Math.max(0, Math.floor(q.awlClients)),
+        AWL_INTERVAL_MS,
+        q.key === undefined ? 0 : 1,
+        tests.length,
+        ...tests,
+      );
+    }
+    this.#script('moatGreylistLookup', keys.length, ...keys, ...args).then(
+      (reply) => {
+        const r = reply as (number | string)[];
+        batch.forEach((item, i) => {
+          const code = r[3 * i] as number;
+          if (code === -1)
+            item.reject(new StoreError('unavailable', `redis greylistLookup: ${String(r[3 * i + 1])}`));
+          else item.resolve(lookupAnswer([code, r[3 * i + 1] as number, r[3 * i + 2] as number]));
+        });
+      },
+      (err: unknown) => batch.forEach((item) => item.reject(err)),
+    );
   }
 
   async awlBump(ip: string, now = Date.now(), opts: AwlOptions = {}): Promise<number> {
@@ -359,6 +424,31 @@ export class RedisStore implements ReputationStore {
     }
     this.#redis.disconnect();
   }
+}
+
+/** The lookup script's {code, n, firstPass} for one query as a GreylistAnswer. */
+function lookupAnswer(reply: [number, number, number]): GreylistAnswer {
+  switch (reply[0]) {
+    case 3:
+      return { action: 'trusted', by: 'dnswl' };
+    case 4:
+      return { action: 'trusted', by: 'screen' };
+    case 5:
+      return { action: 'awl', count: reply[1] };
+    case 6:
+      return { action: 'unkeyed' };
+    default:
+      return tripletResult(reply);
+  }
+}
+
+/** The triplet script's {code, seconds, firstPass} as a GreylistResult. */
+function tripletResult([code, seconds, firstPass]: [number, number, number]): GreylistResult {
+  if (code === 2)
+    return { action: 'pass', reason: 'triplet found', firstPass: firstPass === 1, delayedSeconds: seconds };
+  return code === 0
+    ? { action: 'defer', reason: 'new', secondsLeft: seconds }
+    : { action: 'defer', reason: 'early-retry', secondsLeft: seconds };
 }
 
 function escapeGlob(s: string): string {

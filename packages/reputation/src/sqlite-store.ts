@@ -12,12 +12,25 @@
  *   blocks this process's event loop; every transaction here is a few row operations.
  * - maintenance deletes in batches of MAINTENANCE_BATCH rows, yielding to the event loop between
  *   them, so it never holds the write lock for long.
+ * - WAL checkpoints (the only fsyncs) run on a worker thread (checkpointer.ts). Under sustained
+ *   writes the WAL only starts over once a checkpoint has caught up with it between two commits, so
+ *   past AUTOCHECKPOINT_PAGES this connection checkpoints the last frames itself (measured: one stall
+ *   of 10-15 ms per 16,000 writes at 35,000 writes/s); without the worker, at SQLite's usual 1000.
+ * - Writes of one turn of the event loop commit together (see #write); greylistLookup reads and
+ *   writes inside that transaction, so a decision is one atomic step.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
+import { type Checkpointer, startCheckpointer } from './checkpointer.js';
 import { checkDuration, StoreError, toStoreError } from './errors.js';
-import { decideAwlBump, awlCurrentCount, decideTriplet, type TripletState } from './greylist-rules.js';
+import {
+  awlCurrentCount,
+  clientTrust,
+  decideAwlBump,
+  decideTriplet,
+  type TripletState,
+} from './greylist-rules.js';
 import {
   DEFAULT_MAX_AGE_MS,
   DEFAULT_RETENTION_MS,
@@ -25,7 +38,9 @@ import {
   type AwlOptions,
   type CleanupResult,
   type ClientRecord,
+  type GreylistAnswer,
   type GreylistParams,
+  type GreylistQuery,
   type GreylistResult,
   type MaintenanceParams,
   type MaintenanceResult,
@@ -38,6 +53,12 @@ import {
 export const SQLITE_FILE = 'reputation.sqlite';
 const MAINTENANCE_BATCH = 500;
 const SCHEMA_VERSION = 1;
+/** The worker's PASSIVE checkpoint period. */
+const CHECKPOINT_INTERVAL_MS = 100;
+/** This connection checkpoints itself only past this many WAL pages (64 MB), while the worker runs. */
+const AUTOCHECKPOINT_PAGES = 16_384;
+/** SQLite's own default, when there is no worker. */
+const SQLITE_AUTOCHECKPOINT_PAGES = 1000;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS client (
@@ -151,6 +172,10 @@ function prepareAll(db: Database.Database) {
 
 type Op = { fn: () => unknown };
 type Outcome = { ok: boolean; value: unknown };
+type Pending = Op & { what: string; resolve(v: unknown): void; reject(e: unknown): void };
+
+/** An operation of a batch threw: the batch is run again, each operation in its own savepoint. */
+class OpFailed extends Error {}
 
 export class SqliteStore implements ReputationStore {
   readonly kind = 'sqlite' as const;
@@ -158,17 +183,32 @@ export class SqliteStore implements ReputationStore {
   readonly #db: Database.Database;
   readonly #q: ReturnType<typeof prepareAll>;
   readonly #retentionMs: number;
+  readonly #checkpointer: Checkpointer | undefined;
+  readonly #batchTx: Database.Transaction<(batch: Op[], values: unknown[]) => void>;
+  readonly #savepointTx: Database.Transaction<(batch: Op[], outcomes: Outcome[]) => void>;
 
-  private constructor(file: string, db: Database.Database, retentionMs: number) {
+  private constructor(file: string, db: Database.Database, retentionMs: number, checkpointer?: Checkpointer) {
     this.file = file;
     this.#db = db;
     this.#q = prepareAll(db);
     this.#retentionMs = retentionMs;
-    // built once: better-sqlite3's transaction wrappers and statements cost more than the writes
+    this.#checkpointer = checkpointer;
+    // built once: better-sqlite3's transaction wrappers and statements cost more than the writes.
+    // A batch runs bare; only when one of its operations throws is it rolled back and run again with
+    // a savepoint around each, so the failing one does not undo the others.
+    this.#batchTx = db.transaction((batch: Op[], values: unknown[]) => {
+      for (const op of batch) {
+        try {
+          values.push(op.fn());
+        } catch (err) {
+          throw new OpFailed('operation failed', { cause: err });
+        }
+      }
+    });
     const savepoint = db.prepare('SAVEPOINT moat_write');
     const release = db.prepare('RELEASE moat_write');
     const rollback = db.prepare('ROLLBACK TO moat_write');
-    this.#batchTx = db.transaction((batch: Op[], outcomes: Outcome[]) => {
+    this.#savepointTx = db.transaction((batch: Op[], outcomes: Outcome[]) => {
       for (const op of batch) {
         savepoint.run();
         try {
@@ -182,8 +222,6 @@ export class SqliteStore implements ReputationStore {
       }
     });
   }
-
-  readonly #batchTx: Database.Transaction<(batch: Op[], outcomes: Outcome[]) => void>;
 
   /** Opens (creating when missing) `<dataDir>/reputation.sqlite`. */
   static async open(opts: StoreOptions): Promise<SqliteStore> {
@@ -199,6 +237,8 @@ export class SqliteStore implements ReputationStore {
       db.pragma(`busy_timeout = ${Math.floor(timeoutMs)}`);
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = NORMAL');
+      db.pragma(`wal_autocheckpoint = ${AUTOCHECKPOINT_PAGES}`);
+      db.pragma(`journal_size_limit = ${AUTOCHECKPOINT_PAGES * 4096}`);
       const conn = db;
       conn
         .transaction(() => {
@@ -208,7 +248,11 @@ export class SqliteStore implements ReputationStore {
           }
         })
         .immediate();
-      return new SqliteStore(file, db, retentionMs);
+      const checkpointer = startCheckpointer(file, CHECKPOINT_INTERVAL_MS, timeoutMs, () => {
+        // no worker: this connection checkpoints itself again, at SQLite's usual threshold
+        if (conn.open) conn.pragma(`wal_autocheckpoint = ${SQLITE_AUTOCHECKPOINT_PAGES}`);
+      });
+      return new SqliteStore(file, db, retentionMs, checkpointer);
     } catch (err) {
       db?.close();
       throw toStoreError(err, `opening ${file}`);
@@ -223,7 +267,7 @@ export class SqliteStore implements ReputationStore {
     }
   }
 
-  #pending: (Op & { what: string; resolve(v: unknown): void; reject(e: unknown): void })[] = [];
+  #pending: Pending[] = [];
 
   /**
    * Runs fn in an IMMEDIATE transaction (the write lock taken up front, so no upgrade deadlock).
@@ -241,9 +285,22 @@ export class SqliteStore implements ReputationStore {
   #flush(): void {
     const batch = this.#pending;
     this.#pending = [];
+    const values: unknown[] = [];
+    try {
+      this.#batchTx.immediate(batch, values);
+    } catch (err) {
+      if (err instanceof OpFailed) this.#flushEach(batch);
+      else for (const op of batch) op.reject(toStoreError(err, `sqlite ${op.what}`));
+      return;
+    }
+    for (let i = 0; i < batch.length; i++) batch[i]!.resolve(values[i]);
+  }
+
+  /** The batch again, each operation in its own savepoint: one failing write does not undo the others. */
+  #flushEach(batch: Pending[]): void {
     const outcomes: Outcome[] = [];
     try {
-      this.#batchTx.immediate(batch, outcomes);
+      this.#savepointTx.immediate(batch, outcomes);
     } catch (err) {
       for (const op of batch) op.reject(toStoreError(err, `sqlite ${op.what}`));
       return;
@@ -316,18 +373,42 @@ export class SqliteStore implements ReputationStore {
 
   greylistCheck(key: string, params: GreylistParams): Promise<GreylistResult> {
     const now = params.now ?? Date.now();
-    return this.#write('greylistCheck', () => {
-      const row = this.#q.triplet.get(key);
-      const { result, next } = decideTriplet(
-        row && tripletState(row),
-        now,
-        params.delayMs,
-        params.retryWindowMs,
-        params.maxAgeMs,
-      );
-      this.#q.putTriplet.run(key, next.firstSeen, next.lastSeen, next.passed ? 1 : 0, next.approvedUntil);
-      return result;
+    return this.#write('greylistCheck', () => this.#triplet(key, now, params));
+  }
+
+  greylistLookup(query: GreylistQuery): Promise<GreylistAnswer> {
+    const now = query.now ?? Date.now();
+    return this.#write('greylistLookup', (): GreylistAnswer => {
+      if (query.trust) {
+        const by = clientTrust(this.#readClient(query.ip), now, query.trust.tests);
+        if (by !== undefined) return { action: 'trusted', by };
+      }
+      if (query.awlClients > 0) {
+        const row = this.#q.awl.get(query.ip);
+        const state = row && { count: row.count, lastSeen: row.last_seen };
+        if (awlCurrentCount(state, now, query.maxAgeMs) >= query.awlClients) {
+          const { count, next } = decideAwlBump(state, now, query.maxAgeMs);
+          if (next) this.#q.putAwl.run(query.ip, next.count, next.lastSeen);
+          return { action: 'awl', count };
+        }
+      }
+      if (query.key === undefined) return { action: 'unkeyed' };
+      return this.#triplet(query.key, now, query);
     });
+  }
+
+  /** Postgrey's read-decide-write of one triplet; runs inside a batch's transaction. */
+  #triplet(key: string, now: number, params: GreylistParams): GreylistResult {
+    const row = this.#q.triplet.get(key);
+    const { result, next } = decideTriplet(
+      row && tripletState(row),
+      now,
+      params.delayMs,
+      params.retryWindowMs,
+      params.maxAgeMs,
+    );
+    this.#q.putTriplet.run(key, next.firstSeen, next.lastSeen, next.passed ? 1 : 0, next.approvedUntil);
+    return result;
   }
 
   awlBump(ip: string, now = Date.now(), opts: AwlOptions = {}): Promise<number> {
@@ -407,6 +488,7 @@ export class SqliteStore implements ReputationStore {
   }
 
   async close(): Promise<void> {
+    await this.#checkpointer?.stop();
     if (this.#db.open) this.#db.close();
   }
 }

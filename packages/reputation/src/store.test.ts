@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { dnswlTrusted, passOld, validPasses } from './client-record.js';
-import { DAY_MS, HOUR_MS } from './types.js';
+import { DAY_MS, HOUR_MS, type GreylistQuery } from './types.js';
 import { GREY, T0, useBackends } from './test/backends.js';
 
 const { backends } = useBackends();
@@ -233,6 +233,99 @@ describe.each(backends)('$name store', (backend) => {
       expect(await store.awlBump(ip, last + 35 * DAY_MS + 1)).toBe(1);
       expect(await store.awlCount(ip, last + 36 * DAY_MS, { maxAgeMs: 2 * DAY_MS })).toBe(1);
       expect(await store.awlCount(ip, last + 38 * DAY_MS, { maxAgeMs: 2 * DAY_MS })).toBe(0);
+    });
+
+    it('lookup: screen trust (DNSWL, chosen tests), then the AWL, then the triplet, in one step', async () => {
+      const store = await backend.fresh().open();
+      const ask = (ip: string, now: number, o: Partial<GreylistQuery> = {}) =>
+        store.greylistLookup({ ip, key: `${ip}/s@x.test/r@y.test`, now, awlClients: 5, ...GREY, ...o });
+      const trust = { tests: ['pregreet', 'dnsbl'] };
+
+      // DNSWL trust: negative score and unexpired; the triplet is not touched
+      await store.recordDnswl('192.0.2.1', -2, HOUR_MS, T0);
+      expect(await ask('192.0.2.1', T0 + S, { trust })).toEqual({ action: 'trusted', by: 'dnswl' });
+      expect(await ask('192.0.2.1', T0 + S, { trust: { tests: [] } })).toEqual({
+        action: 'trusted',
+        by: 'dnswl',
+      });
+      expect(await store.listPending(10)).toEqual([]);
+      expect(await ask('192.0.2.1', T0 + HOUR_MS, { trust })).toMatchObject({
+        action: 'defer',
+        reason: 'new',
+      });
+      await store.recordDnswl('192.0.2.2', 1, HOUR_MS, T0);
+      expect(await ask('192.0.2.2', T0 + S, { trust })).toMatchObject({ action: 'defer', reason: 'new' });
+
+      // every chosen test passed and unexpired; none chosen: DNSWL only; not asked: no trust at all
+      await store.recordPass('192.0.2.3', 'pregreet', HOUR_MS, T0);
+      expect(await ask('192.0.2.3', T0 + S, { trust })).toMatchObject({ action: 'defer', reason: 'new' });
+      await store.recordPass('192.0.2.3', 'dnsbl', 10 * 60 * S, T0);
+      expect(await ask('192.0.2.3', T0 + 2 * S, { trust })).toEqual({ action: 'trusted', by: 'screen' });
+      expect(await ask('192.0.2.3', T0 + 3 * S, { trust: { tests: [] } })).toMatchObject({
+        action: 'defer',
+        reason: 'early-retry',
+      });
+      expect(await ask('192.0.2.3', T0 + 4 * S)).toMatchObject({ action: 'defer', reason: 'early-retry' });
+      // dnsbl's pass expired: back to the triplet (seen since T0 + 1 s, so past the delay now)
+      expect(await ask('192.0.2.3', T0 + 10 * 60 * S, { trust })).toMatchObject({
+        action: 'pass',
+        reason: 'triplet found',
+      });
+
+      // the AWL: at the threshold the client skips the triplet and this pass is counted (hourly)
+      const ip = '192.0.2.4';
+      for (let h = 0; h < 4; h++) await store.awlBump(ip, T0 + h * HOUR_MS);
+      expect(await ask(ip, T0 + 4 * HOUR_MS - 1)).toMatchObject({ action: 'defer', reason: 'new' });
+      await store.awlBump(ip, T0 + 4 * HOUR_MS);
+      expect(await ask(ip, T0 + 4 * HOUR_MS + S)).toEqual({ action: 'awl', count: 5 });
+      expect(await ask(ip, T0 + 5 * HOUR_MS)).toEqual({ action: 'awl', count: 6 });
+      expect(await store.awlCount(ip, T0 + 5 * HOUR_MS)).toBe(6);
+      expect(await ask(ip, T0 + 5 * HOUR_MS, { awlClients: 0, key: 'k0' })).toMatchObject({ reason: 'new' });
+      expect(await ask(ip, T0 + 5 * HOUR_MS, { awlClients: 7, key: 'k7' })).toMatchObject({ reason: 'new' });
+
+      // no key: only the client is asked about; the caller checks the triplet itself afterwards
+      expect(await ask('192.0.2.5', T0, { key: undefined, trust })).toEqual({ action: 'unkeyed' });
+      expect(await ask(ip, T0 + 5 * HOUR_MS, { key: undefined })).toEqual({ action: 'awl', count: 6 });
+      expect(await store.listPending(10)).toHaveLength(5);
+
+      // keyed, the triplet answers exactly as greylistCheck
+      expect(await ask('192.0.2.6', T0)).toEqual({ action: 'defer', reason: 'new', secondsLeft: 300 });
+      expect(await ask('192.0.2.6', T0 + 300 * S)).toEqual({
+        action: 'pass',
+        reason: 'triplet found',
+        firstPass: true,
+        delayedSeconds: 300,
+      });
+      expect(
+        await store.greylistCheck('192.0.2.6/s@x.test/r@y.test', { now: T0 + 400 * S, ...GREY }),
+      ).toEqual({
+        action: 'pass',
+        reason: 'triplet found',
+        firstPass: false,
+        delayedSeconds: 400,
+      });
+    });
+
+    it('lookups of one turn go together (Redis: 256 a script), each answered in order as if alone', async () => {
+      const store = await backend.fresh().open();
+      await store.recordDnswl('192.0.2.9', -1, HOUR_MS, T0);
+      const ask = (ip: string, key: string | undefined, now: number) =>
+        store.greylistLookup({ ip, key, now, awlClients: 5, trust: { tests: [] }, ...GREY });
+      const answers = await Promise.all([
+        ...Array.from({ length: 300 }, (_, i) => ask(`10.0.${i >> 8}.${i & 255}`, `k${i}`, T0)),
+        ask('192.0.2.9', 'trusted', T0),
+        ask('192.0.2.1', 'k0', T0 + 60 * S), // the same triplet again, later in the same batch
+        ask('192.0.2.2', undefined, T0),
+      ]);
+      expect(answers.slice(0, 300)).toEqual(
+        Array.from({ length: 300 }, () => ({ action: 'defer', reason: 'new', secondsLeft: 300 })),
+      );
+      expect(answers.slice(300)).toEqual([
+        { action: 'trusted', by: 'dnswl' },
+        { action: 'defer', reason: 'early-retry', secondsLeft: 240 },
+        { action: 'unkeyed' },
+      ]);
+      expect(await store.listPending(1000)).toHaveLength(300);
     });
 
     it('approve: a pending triplet passes on its next check, as a first pass; lists what is pending', async () => {

@@ -66,6 +66,35 @@ export type GreylistResult =
       delayedSeconds: number;
     };
 
+/**
+ * Everything greylisting asks the store about one recipient, answered in one step (one transaction,
+ * one script): screen's trust in the client, the client AWL, then the triplet. `now` as in
+ * GreylistParams; maxAgeMs is also the AWL entries' max age (Postgrey uses one max-age for both).
+ */
+export interface GreylistQuery extends GreylistParams {
+  /** The client's exact address: its screen record and its AWL entry. */
+  ip: string;
+  /**
+   * The triplet. Undefined: the caller keys it only once the client is known to be neither trusted
+   * nor auto-whitelisted (SPF keying costs a DNS lookup), and asks greylistCheck for it then.
+   */
+  key?: string;
+  /**
+   * Skip the triplet for a client screen trusts: unexpired DNSWL trust with a negative score, or an
+   * unexpired pass of every one of `tests` (none: DNSWL trust only). Undefined: screen is not asked.
+   */
+  trust?: { tests: readonly string[] };
+  /** Skip the triplet for a client with this many AWL passes (that pass is counted too); 0: no AWL. */
+  awlClients: number;
+}
+
+/** greylistLookup's answer: the client skips greylisting, the triplet's own answer, or no key given. */
+export type GreylistAnswer =
+  | { action: 'trusted'; by: 'dnswl' | 'screen' }
+  | { action: 'awl'; count: number }
+  | { action: 'unkeyed' }
+  | GreylistResult;
+
 export interface PendingTriplet {
   key: string;
   firstSeen: number;
@@ -107,6 +136,12 @@ export interface ReputationStore {
 
   // Greylist side (Postgrey).
   greylistCheck(key: string, params: GreylistParams): Promise<GreylistResult>;
+  /**
+   * One recipient's store step, atomic: reads the client's trust and AWL count, and unless the
+   * client skips greylisting (then an AWL pass is counted, as awlBump) checks the triplet as
+   * greylistCheck does. Equivalent to getClient + awlCount, then awlBump or greylistCheck.
+   */
+  greylistLookup(query: GreylistQuery): Promise<GreylistAnswer>;
   /** Counts a first pass for this exact client IP, at most once per hour; returns the count. */
   awlBump(ip: string, now?: number, opts?: AwlOptions): Promise<number>;
   awlCount(ip: string, now?: number, opts?: AwlOptions): Promise<number>;

@@ -50,11 +50,13 @@ export class ServiceProcess {
   readonly logs: LogLine[] = [];
   readonly stderr: string[] = [];
   exited: number | null | undefined;
+  readonly #lines: readline.Interface;
   constructor(
     readonly name: ServiceName,
     readonly child: ChildProcess,
   ) {
-    readline.createInterface({ input: child.stdout! }).on('line', (line) => {
+    this.#lines = readline.createInterface({ input: child.stdout! });
+    this.#lines.on('line', (line) => {
       try {
         this.logs.push(JSON.parse(line) as LogLine);
       } catch {
@@ -65,6 +67,16 @@ export class ServiceProcess {
     child.on('exit', (code) => {
       this.exited = code;
     });
+  }
+
+  /**
+   * Stops collecting log lines: from now on stdout is read and dropped unparsed (a benchmark's load
+   * generator should not spend its CPU on the service's log, as Postgrey's goes to /dev/null).
+   */
+  dropLogs(): void {
+    this.#lines.close();
+    this.child.stdout!.on('data', () => undefined);
+    this.child.stdout!.resume();
   }
 
   find(pred: (l: LogLine) => boolean): LogLine | undefined {

@@ -9,27 +9,14 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openStore, type ReputationStore } from '@moat/reputation';
 import { GreylistEngine, postgreyLine, type EngineSettings } from './engine.js';
 import type { SpfChecker } from './spf.js';
+import { ENGINE_SETTINGS } from '../test/settings.js';
 import { compileClientWhitelist, compileRecipientWhitelist } from './whitelist.js';
 
 const T0 = Date.UTC(2026, 0, 5, 12, 0, 0);
 const S = 1000;
 const DAY = 86_400 * S;
 
-const SETTINGS: EngineSettings = {
-  hostname: 'mx.example.test',
-  lookupBy: 'subnet',
-  ipv4Cidr: 24,
-  ipv6Cidr: 64,
-  delay: 300 * S,
-  retryWindow: 2 * DAY,
-  maxAge: 35 * DAY,
-  autoWhitelistClients: 5,
-  text: '',
-  helpUrl: 'http://postgrey.schweikert.ch/help/%r.html',
-  xGreylistHeader: 'X-Greylist: delayed %t seconds by moat-greylist at %h; %d',
-  trustScreen: true,
-  trustScreenTests: [],
-};
+const SETTINGS = ENGINE_SETTINGS;
 
 let store: ReputationStore;
 let now = T0;

@@ -5,6 +5,8 @@
  * Order (Postgrey's, with moat's additions marked +):
  *   client whitelist (host name, then address) -> recipient whitelist -> + screen trust (DNSWL trust
  *   or chosen screen passes in the shared store) -> client AWL -> + SPF keying -> triplet.
+ * Trust, AWL and triplet are one store step (greylistLookup: one transaction or one Lua script); with
+ * SPF keying the triplet is a second step, after the SPF check the trusted and AWL clients never need.
  * Each answer carries Postgrey's log words (`action=greylist, reason=new`, `action=pass, reason=triplet
  * found, delay=N`, `reason=client AWL`, ...) and, on a triplet's first pass, the X-Greylist header.
  * Any StoreError gives action 'tempfail' (the caller answers 451 4.3.0): never a pass, never a 5xx.
@@ -12,7 +14,7 @@
  */
 import { normalizeIp } from '@moat/config';
 import type { Logger } from '@moat/log';
-import { dnswlTrusted, type ReputationStore, StoreError } from '@moat/reputation';
+import { type GreylistQuery, type GreylistResult, type ReputationStore, StoreError } from '@moat/reputation';
 import { rfc5322Date } from '@moat/smtp-listener';
 import { clientNetwork, type KeyOptions, recipientDomain, spfTripletKey, tripletKey } from './key.js';
 import type { ReverseNames } from './rdns.js';
@@ -169,41 +171,42 @@ export class GreylistEngine {
 
     const now = this.#clock();
     const store = this.#d.store;
+    const awlOn = this.#s.autoWhitelistClients > 0;
+    const params = {
+      now,
+      delayMs: this.#s.delay,
+      retryWindowMs: this.#s.retryWindow,
+      maxAgeMs: this.#s.maxAge,
+    };
     try {
-      // 2. screen's trust and 3. the client AWL, read together
-      const awlOn = this.#s.autoWhitelistClients > 0;
-      const [record, awl] = await Promise.all([
-        this.#s.trustScreen ? store.getClient(ip) : undefined,
-        awlOn ? store.awlCount(ip, now, { maxAgeMs: this.#s.maxAge }) : 0,
-      ]);
-      if (this.#s.trustScreen && record) {
-        if (dnswlTrusted(record, now) && record.dnswlTrust!.score < 0)
-          return { action: 'pass', reason: 'client trusted (dnswl)', clientName };
-        const tests = this.#s.trustScreenTests;
-        if (tests.length && tests.every((t) => (record.passes[t]?.expiresAt ?? 0) > now))
-          return { action: 'pass', reason: 'client trusted (screen)', clientName };
-      }
-      if (awlOn && awl >= this.#s.autoWhitelistClients) {
-        await store.awlBump(ip, now, { maxAgeMs: this.#s.maxAge }); // hourly, for statistics
-        return { action: 'pass', reason: 'client AWL', clientName };
-      }
+      // 2. screen's trust, 3. the client AWL and 4. the triplet, in one step of the store; with SPF
+      // keying the triplet waits until the client is known to need it (SPF costs a DNS lookup)
+      const spfKeyed = this.#d.spf !== undefined && r.sender !== '';
+      let key = spfKeyed ? '' : tripletKey(clientNetwork(ip, this.#s), r.sender, recipient);
+      const query: GreylistQuery = { ip, awlClients: this.#s.autoWhitelistClients, ...params };
+      if (!spfKeyed) query.key = key;
+      if (this.#s.trustScreen) query.trust = { tests: this.#s.trustScreenTests };
+      const a = await store.greylistLookup(query);
+      if (a.action === 'trusted')
+        return {
+          action: 'pass',
+          reason: a.by === 'dnswl' ? 'client trusted (dnswl)' : 'client trusted (screen)',
+          clientName,
+        };
+      if (a.action === 'awl') return { action: 'pass', reason: 'client AWL', clientName };
 
-      // 4. the triplet, on the SPF-authorised domain when the client passes its SPF
-      let key = tripletKey(clientNetwork(ip, this.#s), r.sender, recipient);
+      // the triplet on the SPF-authorised domain when the client passes its SPF
       let keyedOn: string | undefined;
-      if (this.#d.spf && r.sender) {
-        const spf = await this.#d.spf.check(ip, r.sender, r.helo ?? '');
+      let g: GreylistResult;
+      if (a.action === 'unkeyed') {
+        key = tripletKey(clientNetwork(ip, this.#s), r.sender, recipient);
+        const spf = await this.#d.spf!.check(ip, r.sender, r.helo ?? '');
         if (spf.result === 'pass') {
           keyedOn = `spf:${spf.domain}`;
           key = spfTripletKey(spf.domain, r.sender, recipient);
         }
-      }
-      const g = await store.greylistCheck(key, {
-        now,
-        delayMs: this.#s.delay,
-        retryWindowMs: this.#s.retryWindow,
-        maxAgeMs: this.#s.maxAge,
-      });
+        g = await store.greylistCheck(key, params);
+      } else g = a;
       if (g.action === 'defer') {
         const reason = g.reason === 'new' ? 'new' : `early-retry (${g.secondsLeft}s missing)`;
         const d: Decision = {
