@@ -80,7 +80,9 @@ export class MessageSpool {
   /** The whole message in memory (only for messages that did not spill). */
   buffer(): Buffer | undefined {
     if (this.#file) return undefined;
-    return this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks);
+    // joined once: every reader (each check, the forwarded copy) shares the one copy
+    if (this.#chunks.length !== 1) this.#chunks = [Buffer.concat(this.#chunks, this.#size)];
+    return this.#chunks[0]!;
   }
 
   /** A fresh stream of the message from its start. */

@@ -74,4 +74,15 @@ describe('MessageSpool', () => {
     await big.dispose();
     expect(fs.readdirSync(d)).toEqual([]);
   });
+
+  it('joins a message that came in pieces once, however often it is read', async () => {
+    const pieces = ['Subject: a\r\n', '\r\n', 'body ', 'in pieces\r\n'].map((p) => Buffer.from(p));
+    const spool = await MessageSpool.from(Readable.from(pieces), { dir: dir(), memoryLimit: 1024 });
+    const first = spool.buffer()!;
+    expect(first.toString()).toBe('Subject: a\r\n\r\nbody in pieces\r\n');
+    expect(spool.buffer()).toBe(first); // the same copy, not a new one per reader
+    let read = '';
+    for await (const c of spool.stream({ start: 14 })) read += (c as Buffer).toString();
+    expect(read).toBe('body in pieces\r\n');
+  });
 });
