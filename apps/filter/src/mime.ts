@@ -46,31 +46,47 @@ export interface WalkOptions {
 
 const SNIFF_BYTES = 512;
 
+const sig = (bytes: number[] | string, at = 0) => ({
+  bytes: typeof bytes === 'string' ? Buffer.from(bytes, 'latin1') : Buffer.from(bytes),
+  at,
+});
+
+/** Magic bytes, first match wins; built once (detectType runs for every part of every message). */
+const SIGNATURES: { type: string; sigs: { bytes: Buffer; at: number }[] }[] = [
+  { type: '.exe-ms', sigs: [sig('MZ')] },
+  { type: '.elf', sigs: [sig([0x7f, 0x45, 0x4c, 0x46])] },
+  {
+    type: '.macho',
+    sigs: [
+      sig([0xfe, 0xed, 0xfa, 0xce]),
+      sig([0xfe, 0xed, 0xfa, 0xcf]),
+      sig([0xce, 0xfa, 0xed, 0xfe]),
+      sig([0xcf, 0xfa, 0xed, 0xfe]),
+    ],
+  },
+  { type: '.zip', sigs: [sig('PK\x03\x04'), sig('PK\x05\x06')] },
+  { type: '.gz', sigs: [sig([0x1f, 0x8b])] },
+  { type: '.bz2', sigs: [sig('BZh')] },
+  { type: '.rar', sigs: [sig('Rar!\x1a\x07')] },
+  { type: '.7z', sigs: [sig([0x37, 0x7a, 0xbc, 0xaf, 0x27, 0x1c])] },
+  { type: '.cab', sigs: [sig('MSCF')] },
+  { type: '.doc', sigs: [sig([0xd0, 0xcf, 0x11, 0xe0, 0xa1, 0xb1, 0x1a, 0xe1])] },
+  { type: '.pdf', sigs: [sig('%PDF-')] },
+  { type: '.tar', sigs: [sig('ustar', 257)] },
+  { type: '.sh', sigs: [sig('#!')] },
+];
+
 /** The type of a file from its first bytes, named as amavis' file(1) mapping names them. */
 export function detectType(head: Buffer): string | undefined {
-  const starts = (sig: number[] | string, at = 0) => {
-    const bytes = typeof sig === 'string' ? Buffer.from(sig, 'latin1') : Buffer.from(sig);
-    return head.length >= at + bytes.length && head.subarray(at, at + bytes.length).equals(bytes);
-  };
-  if (starts('MZ')) return '.exe-ms';
-  if (starts([0x7f, 0x45, 0x4c, 0x46])) return '.elf';
-  if (
-    starts([0xfe, 0xed, 0xfa, 0xce]) ||
-    starts([0xfe, 0xed, 0xfa, 0xcf]) ||
-    starts([0xce, 0xfa, 0xed, 0xfe]) ||
-    starts([0xcf, 0xfa, 0xed, 0xfe])
-  )
-    return '.macho';
-  if (starts('PK\x03\x04') || starts('PK\x05\x06')) return '.zip';
-  if (starts([0x1f, 0x8b])) return '.gz';
-  if (starts('BZh')) return '.bz2';
-  if (starts('Rar!\x1a\x07')) return '.rar';
-  if (starts([0x37, 0x7a, 0xbc, 0xaf, 0x27, 0x1c])) return '.7z';
-  if (starts('MSCF')) return '.cab';
-  if (starts([0xd0, 0xcf, 0x11, 0xe0, 0xa1, 0xb1, 0x1a, 0xe1])) return '.doc';
-  if (starts('%PDF-')) return '.pdf';
-  if (starts('ustar', 257)) return '.tar';
-  if (starts('#!')) return '.sh';
+  for (const { type, sigs } of SIGNATURES) {
+    for (const { bytes, at } of sigs) {
+      if (
+        head.length >= at + bytes.length &&
+        head.compare(bytes, 0, bytes.length, at, at + bytes.length) === 0
+      )
+        return type;
+    }
+  }
   return undefined;
 }
 

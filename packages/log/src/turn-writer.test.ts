@@ -103,6 +103,28 @@ describe('TurnWriter', () => {
     expect(() => w.flushSync()).not.toThrow();
   });
 
+  it('with windowMs, gathers the lines of several turns into one write, and ends a window early at highWater', async () => {
+    const { fd, file } = tmpFile();
+    const w = new TurnWriter({ fd, windowMs: 40, highWater: 1000 });
+    for (let i = 0; i < 5; i++) {
+      w.write(`{"n":${i}}\n`);
+      await turn();
+    }
+    expect(w.writes).toBe(0); // five turns, still inside the window
+    await new Promise((r) => setTimeout(r, 60));
+    expect(w.writes).toBe(1);
+    expect(fs.readFileSync(file, 'utf8').trim().split('\n')).toHaveLength(5);
+    w.write(`{"pad":"${'z'.repeat(1200)}"}\n`); // past highWater: written when this turn ends
+    await turn();
+    expect(w.writes).toBe(2);
+    w.write('{"last":1}\n');
+    w.flushSync(); // exit: no waiting for the window
+    expect(w.writes).toBe(3);
+    expect(fs.readFileSync(file, 'utf8').trim().split('\n')).toHaveLength(7);
+    await new Promise((r) => setTimeout(r, 60));
+    expect(w.writes).toBe(3); // the cancelled window writes nothing more
+  });
+
   it('flushSync writes what is buffered at once (for exit)', () => {
     const { fd, file } = tmpFile();
     const w = new TurnWriter({ fd });

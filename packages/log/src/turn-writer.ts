@@ -1,6 +1,11 @@
 /**
  * turn-writer: the log destination. Lines logged during one event-loop turn are written to the file
- * descriptor with one direct write(2) when the turn ends (setImmediate), not one per line.
+ * descriptor with one direct write(2) when the turn ends (setImmediate), not one per line. With
+ * `windowMs`, the lines of every turn within that many milliseconds of the first go out together: a
+ * busy service then makes one write (and wakes its log reader once) per window instead of once or
+ * twice per message; a window holding `highWater` bytes or more is written at the end of its turn.
+ * What is buffered when the process stops or crashes is written by flushSync (the service calls it
+ * from its exit and uncaughtException handlers); only a SIGKILL loses the last window.
  *
  * Why not sonic-boom, pino's own destination: in its async mode every burst of lines is an fs.write
  * on libuv's threadpool, two thread wake-ups per burst (a chain profile showed 4-6 futex calls per
@@ -19,12 +24,19 @@ export interface TurnWriterOptions {
   maxBuffered?: number;
   /** Retry delay after EAGAIN, in ms. */
   retryMs?: number;
+  /** Gather the lines of this many ms into one write (0: one write per event-loop turn). */
+  windowMs?: number;
+  /** Bytes that end a window early, at the end of the turn that reached them. */
+  highWater?: number;
 }
 
 export class TurnWriter {
   readonly fd: number;
   readonly #max: number;
   readonly #retryMs: number;
+  readonly #windowMs: number;
+  readonly #highWater: number;
+  #timer: NodeJS.Timeout | undefined;
   #lines: string[] = [];
   #bytes = 0;
   #pending: Buffer | undefined;
@@ -39,6 +51,8 @@ export class TurnWriter {
     this.fd = o.fd;
     this.#max = o.maxBuffered ?? 16 * 1024 * 1024;
     this.#retryMs = o.retryMs ?? 20;
+    this.#windowMs = o.windowMs ?? 0;
+    this.#highWater = o.highWater ?? 64 * 1024;
   }
 
   /** pino's destination interface: one serialised line, newline included. */
@@ -50,18 +64,32 @@ export class TurnWriter {
     }
     this.#lines.push(line);
     this.#bytes += line.length;
-    if (!this.#scheduled && !this.#waiting) {
+    if (this.#waiting) return true;
+    if (this.#windowMs > 0 && this.#bytes < this.#highWater) {
+      this.#timer ??= setTimeout(this.#endWindow, this.#windowMs);
+    } else if (!this.#scheduled) {
       this.#scheduled = true;
-      setImmediate(() => {
-        this.#scheduled = false;
-        this.#flush(false);
-      });
+      setImmediate(this.#endTurn);
     }
     return true;
   }
 
+  readonly #endWindow = (): void => {
+    this.#timer = undefined;
+    this.#flush(false);
+  };
+
+  readonly #endTurn = (): void => {
+    this.#scheduled = false;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#flush(false);
+  };
+
   /** Writes everything now, waiting out a full pipe; for process exit. */
   flushSync(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = undefined;
     const deadline = Date.now() + 2000;
     while (!this.#closed && (this.#pending || this.#lines.length) && Date.now() < deadline) {
       if (!this.#flush(true)) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
