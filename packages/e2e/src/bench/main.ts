@@ -9,8 +9,47 @@
  *   npm run bench -- --quick      1 KB, 10 sessions only
  *   npm run bench -- --only filter   one scenario: chain, greylist, screen or filter
  */
-import { Chain, freePort, smtpSink } from '@moat/testkit';
+import { spawn } from 'node:child_process';
+import { Chain, freePort, smtpSink, stopChild, waitForPort } from '@moat/testkit';
 import { cpuMs, latency, percentile, throughput } from './measure.js';
+
+/**
+ * The floor under any design that relays every packet through a Node process (as screen does): a bare
+ * splice, net.Socket piped both ways with no-delay and no SMTP at all, in front of smtp-sink.
+ */
+const BARE_SPLICE = `
+import net from 'node:net';
+const [listen, target] = process.argv.slice(1).map(Number);
+net.createServer({ noDelay: true }, (c) => {
+  c.pause();
+  const u = net.connect({ host: '127.0.0.1', port: target, noDelay: true }, () => { c.pipe(u); u.pipe(c); c.resume(); });
+  const both = () => { c.destroy(); u.destroy(); };
+  c.on('error', both); u.on('error', both);
+}).listen(listen, '127.0.0.1');`;
+
+async function bareSplice(
+  sinkPort: number,
+  o: { messages: number; sessions: number; sizeBytes: number; perConnection: boolean },
+): Promise<{ perSecond: number; cpuMsPerMsg: number }> {
+  const port = await freePort();
+  const child = spawn(
+    process.execPath,
+    ['--input-type=module', '-e', BARE_SPLICE, String(port), String(sinkPort)],
+    {
+      stdio: 'ignore',
+    },
+  );
+  try {
+    await waitForPort(port);
+    await throughput(port, { ...o, messages: 500 }); // warm-up
+    const before = cpuMs(child.pid!);
+    const r = await throughput(port, o);
+    if (!r.ok) throw new Error(`bare splice: smtp-source failed:\n${r.output}`);
+    return { perSecond: r.perSecond, cpuMsPerMsg: (cpuMs(child.pid!) - before) / o.messages };
+  } finally {
+    await stopChild(child);
+  }
+}
 
 const quick = process.argv.includes('--quick');
 const onlyAt = process.argv.indexOf('--only');
@@ -98,6 +137,16 @@ async function benchChain(): Promise<void> {
       process.stdout.write(
         `\nskeleton goal (1 KB, 10 sessions, one message per connection): chain at ${(key.ratio * 100).toFixed(1)}% of smtp-sink ` +
           `(Postfix's postscreen->smtpd->queue path: about 10%; goal 20%)\n`,
+      );
+      const bare = await bareSplice(sinkPort, {
+        messages: 2000,
+        sessions: 10,
+        sizeBytes: 1024,
+        perConnection: false,
+      });
+      process.stdout.write(
+        `floor: a bare Node splice (no SMTP) in front of smtp-sink, same row: ${fmt(bare.perSecond)}/s, ` +
+          `${((bare.perSecond / key.sink) * 100).toFixed(1)}% of smtp-sink, ${fmt(bare.cpuMsPerMsg, 3)} ms CPU per message in the splice\n`,
       );
     }
   } finally {
