@@ -748,6 +748,16 @@ describe('Dockerfile', () => {
     }
   });
 
+  it('lets clamd keep the streams it scans in memory (tmpfs on /tmp), as the managed clamd does', () => {
+    const clamav = readCompose().services.clamav as { tmpfs?: string[] | string } | undefined;
+    expect(clamav, 'service clamav').toBeDefined();
+    const mounts = ([] as string[]).concat(clamav!.tmpfs ?? []);
+    expect(
+      mounts.some((m) => m.split(':')[0] === '/tmp'),
+      'service clamav: a tmpfs on /tmp',
+    ).toBe(true);
+  });
+
   it("copies every app's dist, the package.json files and node_modules into the runtime stage", () => {
     const problems: string[] = [];
     const runtime = stages.at(-1)!;
