@@ -23,13 +23,29 @@ let destination: TurnWriter | undefined;
  */
 const LOG_WINDOW_MS = 20;
 
+let stampedAt = NaN;
+let stamp = '';
+
+/**
+ * pino's isoTime, built once per millisecond: a busy service logs many lines in the same
+ * millisecond, and a Date and its toISOString per line measured about 1 us of each line's 5-7.
+ */
+function isoTime(): string {
+  const now = Date.now();
+  if (now !== stampedAt) {
+    stampedAt = now;
+    stamp = `,"time":"${new Date(now).toISOString()}"`;
+  }
+  return stamp;
+}
+
 export function createLogger(service: string, level: LogLevel = 'info'): Logger {
   destination ??= new TurnWriter({ fd: 1, windowMs: LOG_WINDOW_MS });
   return pino(
     {
       level,
       base: { service },
-      timestamp: pino.stdTimeFunctions.isoTime,
+      timestamp: isoTime,
       formatters: { level: (label) => ({ level: label }) },
     },
     destination,
