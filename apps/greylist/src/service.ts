@@ -21,7 +21,13 @@
 import { NetworkList, type MoatConfig } from '@moat/config';
 import type { Logger } from '@moat/log';
 import type { RunningService } from '@moat/service';
-import { createListener, ensureTlsCertificate, hopReceived, type Reply } from '@moat/smtp-listener';
+import {
+  createListener,
+  ensureTlsCertificate,
+  hopReceived,
+  type Reply,
+  type Transaction,
+} from '@moat/smtp-listener';
 import { poolFor, RelayError, RelayTransaction, type Reservation } from '@moat/smtp-relay';
 import { relayCheck } from './checks/relay.js';
 import { postgreyLine } from './greylisting/engine.js';
@@ -34,6 +40,35 @@ const X_GREYLIST = 'x-greylist';
 
 function reservationOf(state: Record<string, unknown>): Reservation | undefined {
   return state[RESERVED] as Reservation | undefined;
+}
+
+interface RcptOutcome {
+  why?: string;
+  err?: string;
+  key?: string;
+  keyedOn?: string | undefined;
+  entry?: string | undefined;
+  reply?: Reply;
+}
+
+/**
+ * The fields of a RCPT decision's log line, built as one object literal (pino leaves out the
+ * undefined ones): pino walks the object key by key, and on an object built by spreading
+ * ({ ...who, key }) that walk measured 3 us more per line, a tenth of a decision's CPU.
+ */
+function rcptLog(tx: Transaction, to: string, o: RcptOutcome) {
+  return {
+    id: tx.id,
+    client: tx.client.address,
+    from: tx.mailFrom.address,
+    to,
+    why: o.why,
+    err: o.err,
+    key: o.key,
+    keyedOn: o.keyedOn,
+    entry: o.entry,
+    reply: o.reply && `${o.reply.code} ${o.reply.lines[0]}`,
+  };
 }
 
 export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger): Promise<RunningService> {
@@ -80,53 +115,46 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
         }
       },
       async rcptTo(rcpt, tx) {
-        const verdict = relayCheck(rcpt.address, domains);
+        const to = rcpt.address;
+        const verdict = relayCheck(to, domains);
         if (!verdict.ok) {
-          const r = greylistReplies.relayDenied(rcpt.address);
-          logger.info(
-            {
-              id: tx.id,
-              client: tx.client.address,
-              from: tx.mailFrom.address,
-              to: rcpt.address,
-              why: verdict.why,
-              reply: `${r.code} ${r.lines[0]}`,
-            },
-            'NOQUEUE: reject: RCPT',
-          );
+          const r = greylistReplies.relayDenied(to);
+          logger.info(rcptLog(tx, to, { why: verdict.why, reply: r }), 'NOQUEUE: reject: RCPT');
           return r;
         }
-        const who = { id: tx.id, client: tx.client.address, from: tx.mailFrom.address, to: rcpt.address };
-        if (grey.recipients.current.unknown(rcpt.address, verdict.domain)) {
-          const r = greylistReplies.unknownUser(rcpt.address);
-          logger.info({ ...who, reply: `${r.code} ${r.lines[0]}` }, 'NOQUEUE: reject: RCPT');
+        if (grey.recipients.current.unknown(to, verdict.domain)) {
+          const r = greylistReplies.unknownUser(to);
+          logger.info(rcptLog(tx, to, { reply: r }), 'NOQUEUE: reject: RCPT');
           return r;
         }
         if (c.enabled && ourNetworks.has(tx.client.address)) {
           // Postfix's order: permit_mynetworks comes before the policy check; our own clients are
           // never greylisted
-          logger.info({ ...who }, `action=pass, reason=mynetworks, client_address=${tx.client.address}`);
+          logger.info(
+            rcptLog(tx, to, {}),
+            `action=pass, reason=mynetworks, client_address=${tx.client.address}`,
+          );
         } else if (c.enabled) {
           const request = {
             clientAddress: tx.client.address,
             clientName: tx.client.name,
             helo: tx.client.helo,
             sender: tx.mailFrom.address || '',
-            recipient: rcpt.address,
+            recipient: to,
           };
           const d = await grey.engine.decide(request);
           const line = postgreyLine(d, request);
           if (d.action === 'tempfail') {
-            const r = greylistReplies.storeFailed(rcpt.address);
-            logger.warn({ ...who, err: d.error, reply: `${r.code} ${r.lines[0]}` }, line);
+            const r = greylistReplies.storeFailed(to);
+            logger.warn(rcptLog(tx, to, { err: d.error, reply: r }), line);
             return r;
           }
           if (d.action === 'greylist') {
-            const r = greylistReplies.greylisted(rcpt.address, d.text);
-            logger.info({ ...who, key: d.key, keyedOn: d.keyedOn, reply: `${r.code} ${r.lines[0]}` }, line);
+            const r = greylistReplies.greylisted(to, d.text);
+            logger.info(rcptLog(tx, to, { key: d.key, keyedOn: d.keyedOn, reply: r }), line);
             return r;
           }
-          logger.info({ ...who, key: d.key, keyedOn: d.keyedOn, entry: d.entry }, line);
+          logger.info(rcptLog(tx, to, { key: d.key, keyedOn: d.keyedOn, entry: d.entry }), line);
           if (d.header && tx.state[X_GREYLIST] === undefined) tx.state[X_GREYLIST] = d.header;
         }
         return undefined;
