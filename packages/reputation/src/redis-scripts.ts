@@ -114,9 +114,11 @@ return triplet(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), 
 `;
 
 /**
- * greylistLookup for a batch of queries (those of one turn of the event loop: one call, one round
- * trip). KEYS[1]=pending, then per query its triplet, client and awl keys. ARGV per query:
- * key now delayMs retryWindowMs maxAgeMs trust(0|1) awlClients awlIntervalMs keyed(0|1) nTests tests...
+ * greylistLookup for a batch of queries with the same settings (those of one turn of the event loop:
+ * one call, one round trip). KEYS[1]=pending, then per query its triplet, client and awl keys. ARGV:
+ * the settings once (delayMs retryWindowMs maxAgeMs trust(0|1) awlClients awlIntervalMs nTests
+ * tests...), then per query: key now (key '' = not keyed). The settings are sent once, not per query:
+ * parsing them for every query cost both ioredis and Redis more than the lookups' own reads.
  * Each query, in order: screen's trust (client-record's dnswlTrusted and passOld, as greylist-rules'
  * clientTrust), then the AWL (awlCurrentCount, and decideAwlBump when it reached awlClients), then
  * TRIPLET when keyed. Returns {code, n, firstPass} per query, flattened: TRIPLET's codes, 3 = trusted
@@ -125,17 +127,20 @@ return triplet(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), 
  */
 const GREYLIST_LOOKUP = `${FMT}
 ${TRIPLET}
-local function lookup(tk, ck, ak, member, now, delay, rw, maxAge, trust, awlClients, interval, keyed, tests)
+local delay, rw, maxAge = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local trust, awlClients, interval = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[6])
+local nTests = tonumber(ARGV[7])
+local passFields = {}
+for i = 1, nTests do passFields[i] = 'p:' .. ARGV[7 + i] end
+local function lookup(tk, ck, ak, member, now)
   if trust then
     local c = redis.call('HMGET', ck, 'ls', 'ds', 'de')
     if c[1] then
       if c[2] and c[3] and tonumber(c[3]) > now and tonumber(c[2]) < 0 then return {3, 0, 0} end
-      if #tests > 0 then
-        local fields = {}
-        for i, t in ipairs(tests) do fields[i] = 'p:' .. t end
-        local passes = redis.call('HMGET', ck, unpack(fields))
+      if nTests > 0 then
+        local passes = redis.call('HMGET', ck, unpack(passFields))
         local all = true
-        for i = 1, #tests do
+        for i = 1, nTests do
           local p = passes[i]
           local e = p and tonumber(string.match(p, ':(%-?%d+)$'))
           if not (e and e > now) then all = false end
@@ -156,18 +161,13 @@ local function lookup(tk, ck, ak, member, now, delay, rw, maxAge, trust, awlClie
       return {5, count, 0}
     end
   end
-  if not keyed then return {6, 0, 0} end
+  if member == '' then return {6, 0, 0} end
   return triplet(tk, KEYS[1], member, now, delay, rw, maxAge)
 end
 local out = {}
-local a = 1
+local a = 8 + nTests
 for q = 1, (#KEYS - 1) / 3 do
-  local n = tonumber(ARGV[a + 9])
-  local tests = {}
-  for i = 1, n do tests[i] = ARGV[a + 9 + i] end
-  local ok, r = pcall(lookup, KEYS[3 * q - 1], KEYS[3 * q], KEYS[3 * q + 1], ARGV[a], tonumber(ARGV[a + 1]),
-    tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), ARGV[a + 5] == '1',
-    tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), ARGV[a + 8] == '1', tests)
+  local ok, r = pcall(lookup, KEYS[3 * q - 1], KEYS[3 * q], KEYS[3 * q + 1], ARGV[a], tonumber(ARGV[a + 1]))
   if not ok then
     if type(r) == 'table' then r = r.err end
     r = {-1, tostring(r), 0}
@@ -175,7 +175,7 @@ for q = 1, (#KEYS - 1) / 3 do
   out[#out + 1] = r[1]
   out[#out + 1] = r[2]
   out[#out + 1] = r[3]
-  a = a + 10 + n
+  a = a + 2
 end
 return out
 `;

@@ -259,29 +259,37 @@ export class RedisStore implements ReputationStore {
   #flushLookups(): void {
     const all = this.#lookups;
     this.#lookups = [];
-    // at most LOOKUP_BATCH per script, so that no one script keeps Redis from its other clients long
-    for (let i = 0; i < all.length; i += LOOKUP_BATCH) this.#sendLookups(all.slice(i, i + LOOKUP_BATCH));
+    // one script call per settings (one, when a single engine asks), at most LOOKUP_BATCH queries
+    // each, so that no one script keeps Redis from its other clients long
+    const groups: Lookup[][] = [];
+    for (const item of all) {
+      const group = groups.find((g) => sameSettings(g[0]!.query, item.query));
+      if (group) group.push(item);
+      else groups.push([item]);
+    }
+    for (const group of groups)
+      for (let i = 0; i < group.length; i += LOOKUP_BATCH)
+        this.#sendLookups(group.slice(i, i + LOOKUP_BATCH));
   }
 
+  /** One script call for queries of the same settings (sameSettings): those go once, see GREYLIST_LOOKUP. */
   #sendLookups(batch: Lookup[]): void {
+    const first = batch[0]!.query;
+    const tests = first.trust?.tests ?? [];
     const keys: string[] = [this.#pendingKey];
-    const args: (string | number)[] = [];
+    const args: (string | number)[] = [
+      Math.round(first.delayMs),
+      Math.round(first.retryWindowMs),
+      Math.round(first.maxAgeMs),
+      first.trust ? 1 : 0,
+      Math.max(0, Math.floor(first.awlClients)),
+      AWL_INTERVAL_MS,
+      tests.length,
+      ...tests,
+    ];
     for (const { query: q, now } of batch) {
       keys.push(this.#key('triplet', q.key ?? ''), this.#key('client', q.ip), this.#key('awl', q.ip));
-      const tests = q.trust?.tests ?? [];
-      args.push(
-        q.key ?? '',
-        now,
-        Math.round(q.delayMs),
-        Math.round(q.retryWindowMs),
-        Math.round(q.maxAgeMs),
-        q.trust ? 1 : 0,
-        Math.max(0, Math.floor(q.awlClients)),
-        AWL_INTERVAL_MS,
-        q.key === undefined ? 0 : 1,
-        tests.length,
-        ...tests,
-      );
+      args.push(q.key ?? '', now);
     }
     this.#script('moatGreylistLookup', keys.length, ...keys, ...args).then(
       (reply) => {
@@ -427,6 +435,21 @@ export class RedisStore implements ReputationStore {
 }
 
 /** The lookup script's {code, n, firstPass} for one query as a GreylistAnswer. */
+/** True when two queries would send the same settings to GREYLIST_LOOKUP (all but ip, key and now). */
+function sameSettings(a: GreylistQuery, b: GreylistQuery): boolean {
+  if (
+    Math.round(a.delayMs) !== Math.round(b.delayMs) ||
+    Math.round(a.retryWindowMs) !== Math.round(b.retryWindowMs) ||
+    Math.round(a.maxAgeMs) !== Math.round(b.maxAgeMs) ||
+    Math.max(0, Math.floor(a.awlClients)) !== Math.max(0, Math.floor(b.awlClients)) ||
+    (a.trust === undefined) !== (b.trust === undefined)
+  )
+    return false;
+  const x = a.trust?.tests ?? [];
+  const y = b.trust?.tests ?? [];
+  return x === y || (x.length === y.length && x.every((t, i) => t === y[i]));
+}
+
 function lookupAnswer(reply: [number, number, number]): GreylistAnswer {
   switch (reply[0]) {
     case 3:
