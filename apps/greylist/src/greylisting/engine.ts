@@ -158,7 +158,11 @@ export class GreylistEngine {
     const clients = this.#d.clients.current;
 
     // 1. static whitelists: client name, client address, recipient
-    if (r.lookupName !== false && this.#needsName(r.clientName)) clientName = await this.#d.rdns!.name(ip);
+    if (r.lookupName !== false && this.#needsName(r.clientName)) {
+      // a cached name (every recipient after the first, the lookup started at MAIL) costs no await
+      const rdns = this.#d.rdns!;
+      clientName = rdns.cached(ip) ?? (await rdns.name(ip));
+    }
     const byName = clients.matchName(clientName);
     if (byName !== undefined)
       return { action: 'pass', reason: 'client whitelist', entry: byName, clientName };

@@ -22,6 +22,11 @@ export class ReverseNames {
     readonly timeoutMs: number,
   ) {}
 
+  /** The verified name when it is known already (no lookup, no waiting), else undefined. */
+  cached(ip: string): string | undefined {
+    return this.#cache.get(ip);
+  }
+
   /** The verified name, or 'unknown'. */
   name(ip: string): Promise<string> {
     const hit = this.#cache.get(ip);
