@@ -95,15 +95,11 @@ export type Decision =
 
 /** Postgrey's log line: `action=pass, reason=triplet found, delay=12, client_name=..., ...`. */
 export function postgreyLine(d: Decision, r: Request): string {
-  const parts = [`action=${d.action}`, `reason=${d.reason}`];
-  if (d.action === 'pass' && d.delay !== undefined) parts.push(`delay=${d.delay}`);
-  parts.push(
-    `client_name=${d.clientName}`,
-    `client_address=${r.clientAddress}`,
-    `sender=${r.sender}`,
-    `recipient=${r.recipient}`,
+  const delay = d.action === 'pass' && d.delay !== undefined ? `, delay=${d.delay}` : '';
+  return (
+    `action=${d.action}, reason=${d.reason}${delay}, client_name=${d.clientName}, ` +
+    `client_address=${r.clientAddress}, sender=${r.sender}, recipient=${r.recipient}`
   );
-  return parts.join(', ');
 }
 
 export class GreylistEngine {
