@@ -120,6 +120,15 @@ interface ConnectionInternals {
   session: SMTPServerSession;
 }
 
+/** Connections that corked their socket this turn; one setImmediate uncorks them all. */
+let corkedThisTurn: HopConnection[] = [];
+
+function uncorkTurn(): void {
+  const list = corkedThisTurn;
+  corkedThisTurn = [];
+  for (const connection of list) connection.releaseCork();
+}
+
 /** SMTPConnection without the fixed wait before the banner, and with explicit enhanced codes. */
 class HopConnection extends SMTPConnection {
   override init(): void {
@@ -138,19 +147,23 @@ class HopConnection extends SMTPConnection {
     });
   }
 
-  #corked: object | undefined;
+  #corked: net.Socket | undefined;
+
+  releaseCork(): void {
+    const socket = this.#corked;
+    this.#corked = undefined;
+    socket?.uncork();
+  }
 
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
     // Replies produced in one turn of the event loop (a pipelined XFORWARD, MAIL, RCPT, DATA) leave in
-    // one write: each write on a no-delay socket is a syscall and a wake-up of the peer.
+    // one write: each write on a no-delay socket is a syscall and a wake-up of the peer. One
+    // setImmediate per turn for every connection that replied, not one per reply.
     const socket = (this as unknown as { _socket: net.Socket })._socket;
     if (socket && !this.#corked && !socket.destroyed) {
       socket.cork();
       this.#corked = socket;
-      setImmediate(() => {
-        this.#corked = undefined;
-        socket.uncork();
-      });
+      if (corkedThisTurn.push(this) === 1) setImmediate(uncorkTurn);
     }
     let payload = data;
     if (typeof payload === 'string' && payload.includes('\n')) payload = payload.split('\n');
