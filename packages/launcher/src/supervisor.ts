@@ -46,7 +46,7 @@ export class Supervisor {
     const pad = s.name.padEnd(10);
     const child = spawn(process.execPath, [path.join(this.o.root, 'apps', s.name, 'dist', 'main.js')], {
       cwd: process.cwd(),
-      env: serviceEnv(this.o.env),
+      env: serviceEnv(this.o.env, s.name),
       stdio: ['ignore', 'pipe', 'pipe'],
       // its own process group: Ctrl-C in the terminal reaches the launcher only, which stops each
       // service once (a service given two signals stops at once instead of finishing its sessions)

@@ -216,7 +216,7 @@ export class Chain {
       [...this.nodeArgs, path.join(root, 'apps', name, 'dist', 'main.js')],
       {
         cwd: this.dataDir,
-        env: serviceEnv(this.env),
+        env: serviceEnv(this.env, name),
         stdio: ['ignore', 'pipe', 'pipe'],
       },
     );

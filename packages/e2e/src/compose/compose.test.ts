@@ -23,7 +23,7 @@ import {
   type LoadedConfig,
   type MoatConfig,
 } from '@moat/config';
-import { SERVICE_NODE_OPTIONS } from '@moat/runtime';
+import { SERVICE_NODE_OPTIONS, serviceNodeOptions } from '@moat/runtime';
 import { describe, expect, it } from 'vitest';
 import YAML from 'yaml';
 
@@ -735,7 +735,7 @@ describe('Dockerfile', () => {
     expect(problems, problems.join('\n')).toEqual([]);
   });
 
-  it('runs the services with the V8 options the launcher and the tests use (NODE_OPTIONS)', () => {
+  it('runs each service with the V8 options the launcher and the tests give it (NODE_OPTIONS)', () => {
     const runtime = stages.at(-1)!;
     // ENV KEY=VALUE pairs (one ENV may set several); the last one set wins
     const set = new Map<string, string>();
@@ -743,8 +743,12 @@ describe('Dockerfile', () => {
       for (const m of ins.args.matchAll(/([A-Z_][A-Z0-9_]*)=("[^"]*"|\S+)/g))
         set.set(m[1]!, m[2]!.replace(/^"|"$/g, ''));
     expect(set.get('NODE_OPTIONS'), 'Dockerfile runtime stage: ENV NODE_OPTIONS').toBe(SERVICE_NODE_OPTIONS);
+    // each app's container: the Dockerfile's value unless its service sets its own, as serviceEnv() does
     for (const [name, service] of Object.entries(readCompose().services)) {
-      expect(serviceEnv(service).NODE_OPTIONS, `service ${name} overrides NODE_OPTIONS`).toBeUndefined();
+      const app = appOf(service, readApps());
+      const effective = serviceEnv(service).NODE_OPTIONS ?? set.get('NODE_OPTIONS');
+      if (app) expect(effective, `service ${name}: NODE_OPTIONS`).toBe(serviceNodeOptions(app.name));
+      else expect(serviceEnv(service).NODE_OPTIONS, `service ${name} sets NODE_OPTIONS`).toBeUndefined();
     }
   });
 
