@@ -83,7 +83,12 @@ describe('the launcher (npm start)', () => {
       expect(lines.filter((l) => l.includes('"msg":"stopped"')).length).toBe(5);
       expect(lines.some((l) => l.includes('second signal'))).toBe(false);
     } finally {
-      child.kill('SIGKILL');
+      // the whole group: a launcher killed alone would leave its services and managed daemons behind
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        // already gone
+      }
     }
   }, 60_000);
 });

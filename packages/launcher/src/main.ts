@@ -9,6 +9,7 @@
  * filter their addresses (MOAT_FILTER_CLAMD / MOAT_FILTER_SPAMD in the children's environment), and
  * stops them after the services. Containers and real installations set addresses instead.
  */
+import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -74,11 +75,16 @@ async function managedDaemons(): Promise<{ handles: DaemonHandle[]; env: Record<
   try {
     return await start(path.join(c.dataDir, 'daemons'));
   } catch (err) {
-    // as root the daemons drop privileges and need a folder they can reach
+    // as root the daemons drop privileges and need a folder they can reach; one per launcher, so a
+    // second launcher (or daemons a killed one left behind) never shares clamd's locked log file
     if (!/not traversable/.test((err as Error).message)) throw err;
-    return start(path.join(os.tmpdir(), `moat-daemons-${process.getuid?.() ?? 0}`));
+    tmpState = path.join(os.tmpdir(), `moat-daemons-${process.getuid?.() ?? 0}-${process.pid}`);
+    return start(tmpState);
   }
 }
+
+/** The temporary state folder of the managed daemons, removed once they are stopped. */
+let tmpState: string | undefined;
 
 let daemons: { handles: DaemonHandle[]; env: Record<string, string> };
 try {
@@ -106,6 +112,7 @@ const stop = (signal: string) => {
   void supervisor
     .stop()
     .then(() => Promise.all(daemons.handles.map((h) => h.stop())))
+    .then(() => tmpState && fs.rmSync(tmpState, { recursive: true, force: true }))
     .then(() => process.exit(0));
 };
 process.on('SIGINT', () => stop('SIGINT'));
