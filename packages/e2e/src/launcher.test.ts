@@ -52,11 +52,15 @@ describe('the launcher (npm start)', () => {
     readline.createInterface({ input: child.stdout }).on('line', (l) => lines.push(l));
     readline.createInterface({ input: child.stderr }).on('line', (l) => lines.push(l));
     try {
+      // generous: in the whole suite on two cores five services and two daemons start beside other tests
       await waitFor(
         () => lines.filter((l) => l.includes('"msg":"listening"')).length === 5 || undefined,
-        20_000,
+        40_000,
         'five services listening',
-      );
+      ).catch((err: Error) => {
+        // what the launcher printed says which service did not come up, and why
+        throw new Error(`${err.message}; the launcher printed:\n${lines.slice(-60).join('\n')}`);
+      });
       for (const name of ['screen', 'greylist', 'filter', 'quarantine', 'delivery']) {
         expect(
           lines.some((l) => l.startsWith(name.padEnd(10) + '| ') && l.includes('"msg":"listening"')),
@@ -90,7 +94,7 @@ describe('the launcher (npm start)', () => {
         // already gone
       }
     }
-  }, 60_000);
+  }, 90_000);
 });
 
 describe('a service on the command line', () => {
