@@ -239,3 +239,25 @@ describe('suiteEnv', () => {
     });
   });
 });
+
+describe('freePort', () => {
+  it('hands out distinct ports below the ephemeral range, free to bind, for TCP and UDP', async () => {
+    const { freePort } = await import('./index.js');
+    const { createServer } = await import('node:net');
+    const low = Number(
+      fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0],
+    );
+    const ports: number[] = [];
+    for (let i = 0; i < 50; i++) ports.push(await freePort());
+    ports.push(await freePort('udp'));
+    expect(new Set(ports).size).toBe(ports.length);
+    for (const p of ports) expect(p < low && p > 1024, `port ${p} (ephemeral from ${low})`).toBe(true);
+    // and it really is free: a listener takes it
+    const srv = createServer();
+    await new Promise<void>((resolve, reject) => {
+      srv.once('error', reject);
+      srv.listen(ports[0], '127.0.0.1', resolve);
+    });
+    await new Promise((r) => srv.close(r));
+  });
+});

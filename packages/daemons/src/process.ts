@@ -63,25 +63,63 @@ export function passwd(user: string): { uid: number; gid: number } | undefined {
 }
 
 /** A port that was free a moment ago (listen on 0, read it, close). */
-export function freePort(kind: 'tcp' | 'udp' = 'tcp'): Promise<number> {
-  if (kind === 'udp') {
-    return new Promise((resolve, reject) => {
+/** Binds port (0: the kernel picks one) on HOST and releases it; resolves the port, or undefined if taken. */
+function tryBind(kind: 'tcp' | 'udp', port: number): Promise<number | undefined> {
+  return new Promise((resolve) => {
+    if (kind === 'udp') {
       const sock = dgram.createSocket('udp4');
-      sock.once('error', reject);
-      sock.bind(0, HOST, () => {
-        const { port } = sock.address();
-        sock.close(() => resolve(port));
+      sock.once('error', () => resolve(undefined));
+      sock.bind(port, HOST, () => {
+        const bound = sock.address().port;
+        sock.close(() => resolve(bound));
       });
-    });
-  }
-  return new Promise((resolve, reject) => {
+      return;
+    }
     const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, HOST, () => {
-      const addr = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(addr.port));
+    srv.once('error', () => resolve(undefined));
+    srv.listen(port, HOST, () => {
+      const bound = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(bound));
     });
   });
+}
+
+/** The kernel's first ephemeral port (net.ipv4.ip_local_port_range), 32768 by default. */
+function ephemeralLow(): number {
+  try {
+    const low = Number(
+      fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0],
+    );
+    return Number.isInteger(low) && low > 1024 ? low : 32768;
+  } catch {
+    return 32768;
+  }
+}
+
+/** Ports this process handed out: never twice. */
+const handedOut = new Set<number>();
+
+/**
+ * A free port on 127.0.0.1 for a daemon or a service to listen on, picked at random below the
+ * kernel's ephemeral range. A port from that range (what binding port 0 returns) can be taken as the
+ * source port of any outgoing connection between this check and the listener's own bind, and the
+ * test suite makes tens of thousands of connections: a service whose port was taken so never comes
+ * up. Falls back to the kernel's choice when nothing below the range is free.
+ */
+export async function freePort(kind: 'tcp' | 'udp' = 'tcp'): Promise<number> {
+  const low = Math.max(1025, ephemeralLow() - 16384);
+  const span = ephemeralLow() - low;
+  for (let attempt = 0; attempt < 100 && span > 0; attempt++) {
+    const port = low + Math.floor(Math.random() * span);
+    if (handedOut.has(port)) continue;
+    if ((await tryBind(kind, port)) === port) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  const port = await tryBind(kind, 0);
+  if (port === undefined) throw new Error(`no free ${kind} port on ${HOST}`);
+  return port;
 }
 
 /** The first folder from dir up to / that other users cannot traverse (no o+x), if any. */

@@ -5,17 +5,11 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { freePort as daemonsFreePort } from '@moat/daemons';
 
-/** A port that was free a moment ago on `host`. */
-export function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
+/** A free TCP port on 127.0.0.1, below the kernel's ephemeral range (see @moat/daemons' freePort). */
+export function freePort(): Promise<number> {
+  return daemonsFreePort('tcp');
 }
 
 export function tmpDir(prefix = 'moat-test-'): string {
