@@ -50,9 +50,6 @@ port.on('message', (jobs: WriteJob[]) => {
 });
 
 /** Open directories, kept for their next fsync (bounded: a Maildir a recipient is many folders). */
-const dirFds = new Map<string, number>();
-const MAX_DIR_FDS = 256;
-
 function runBatch(): void {
   scheduled = false;
   const jobs = queue.splice(0);
@@ -105,22 +102,17 @@ function writeOne(job: WriteJob): void {
   }
 }
 
+/**
+ * Opened for each batch, not kept open: a folder that was removed and made again (a mailbox deleted,
+ * then mail for it) is a new inode, and an fsync on a descriptor of the old one would make none of
+ * the new renames durable while reporting success.
+ */
 function syncDirectory(dir: string): void {
-  let fd = dirFds.get(dir);
-  if (fd === undefined) {
-    if (dirFds.size >= MAX_DIR_FDS) {
-      for (const open of dirFds.values()) closeQuietly(open);
-      dirFds.clear();
-    }
-    fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-    dirFds.set(dir, fd);
-  }
+  const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
   try {
     fs.fsyncSync(fd);
-  } catch (err) {
-    dirFds.delete(dir);
+  } finally {
     closeQuietly(fd);
-    throw err;
   }
 }
 

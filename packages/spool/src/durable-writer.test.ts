@@ -39,6 +39,30 @@ describe('DurableWriter', () => {
     expect(batches).toEqual([{ jobs: 1, dirSyncs: 1 }]);
   });
 
+  it('keeps no descriptor of a folder it synced: one removed and made again gets its own fsync', async () => {
+    const d = dir();
+    const open = () =>
+      fs.readdirSync('/proc/self/fd').filter((fd) => {
+        try {
+          return fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith(d);
+        } catch {
+          return false;
+        }
+      });
+    const { w } = writer();
+    const big = { maxBytes: 0 };
+    const { w: streaming } = writer(big); // writeDurable's path: syncDir
+    await w.write(d, 'a', [Buffer.from('a')]);
+    await streaming.write(d, 'b', [Buffer.from('b')]);
+    expect(open()).toEqual([]);
+    fs.rmSync(d, { recursive: true });
+    fs.mkdirSync(d);
+    await w.write(d, 'c', [Buffer.from('c')]);
+    await streaming.write(d, 'd', [Buffer.from('d')]);
+    expect(fs.readdirSync(d).sort()).toEqual(['c', 'd']);
+    expect(open()).toEqual([]);
+  });
+
   it('writes under tmpDir and names the final file after its size (Maildir)', async () => {
     const d = dir();
     fs.mkdirSync(path.join(d, 'tmp'));

@@ -23,7 +23,6 @@ const rename = promisify(fs.rename);
 const unlink = promisify(fs.unlink);
 
 interface DirState {
-  fd: Promise<number> | undefined;
   running: boolean;
   waiters: { resolve(): void; reject(e: Error): void }[];
 }
@@ -34,7 +33,7 @@ const dirs = new Map<string, DirState>();
 export function syncDir(dir: string): Promise<void> {
   let state = dirs.get(dir);
   if (!state) {
-    state = { fd: undefined, running: false, waiters: [] };
+    state = { running: false, waiters: [] };
     dirs.set(dir, state);
   }
   const s = state;
@@ -47,16 +46,13 @@ export function syncDir(dir: string): Promise<void> {
 function run(dir: string, s: DirState): void {
   const batch = s.waiters.splice(0);
   s.running = true;
-  // the directory stays open: one fsync per batch, no open/close around it
-  s.fd ??= open(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-  s.fd
-    .then((fd) => fsync(fd))
+  // opened for each batch, not kept open: a folder removed and made again is a new inode, and an
+  // fsync on a descriptor of the old one would make none of the new renames durable
+  open(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY)
+    .then((fd) => fsync(fd).finally(() => close(fd).catch(() => undefined)))
     .then(
       () => batch.forEach((w) => w.resolve()),
-      (err: Error) => {
-        s.fd = undefined;
-        batch.forEach((w) => w.reject(err));
-      },
+      (err: Error) => batch.forEach((w) => w.reject(err)),
     )
     .finally(() => {
       s.running = false;
