@@ -44,7 +44,7 @@ export class TurnWriter {
   #waiting = false;
   #dropped = 0;
   #closed = false;
-  /** write(2) calls made: one per turn that logged, not one per line. */
+  /** write(2) calls made: one per turn (or window) that logged, not one per line. */
   writes = 0;
 
   constructor(o: TurnWriterOptions) {

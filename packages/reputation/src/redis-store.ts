@@ -434,7 +434,6 @@ export class RedisStore implements ReputationStore {
   }
 }
 
-/** The lookup script's {code, n, firstPass} for one query as a GreylistAnswer. */
 /** True when two queries would send the same settings to GREYLIST_LOOKUP (all but ip, key and now). */
 function sameSettings(a: GreylistQuery, b: GreylistQuery): boolean {
   if (
@@ -450,6 +449,7 @@ function sameSettings(a: GreylistQuery, b: GreylistQuery): boolean {
   return x === y || (x.length === y.length && x.every((t, i) => t === y[i]));
 }
 
+/** The lookup script's {code, n, firstPass} for one query as a GreylistAnswer. */
 function lookupAnswer(reply: [number, number, number]): GreylistAnswer {
   switch (reply[0]) {
     case 3:
