@@ -107,8 +107,9 @@ const handedOut = new Set<number>();
  * up. Falls back to the kernel's choice when nothing below the range is free.
  */
 export async function freePort(kind: 'tcp' | 'udp' = 'tcp'): Promise<number> {
-  const low = Math.max(1025, ephemeralLow() - 16384);
-  const span = ephemeralLow() - low;
+  const high = ephemeralLow();
+  const low = Math.max(1025, high - 16384);
+  const span = high - low;
   for (let attempt = 0; attempt < 100 && span > 0; attempt++) {
     const port = low + Math.floor(Math.random() * span);
     if (handedOut.has(port)) continue;

@@ -744,8 +744,9 @@ describe('Dockerfile', () => {
         set.set(m[1]!, m[2]!.replace(/^"|"$/g, ''));
     expect(set.get('NODE_OPTIONS'), 'Dockerfile runtime stage: ENV NODE_OPTIONS').toBe(SERVICE_NODE_OPTIONS);
     // each app's container: the Dockerfile's value unless its service sets its own, as serviceEnv() does
+    const apps = readApps();
     for (const [name, service] of Object.entries(readCompose().services)) {
-      const app = appOf(service, readApps());
+      const app = appOf(service, apps);
       const effective = serviceEnv(service).NODE_OPTIONS ?? set.get('NODE_OPTIONS');
       if (app) expect(effective, `service ${name}: NODE_OPTIONS`).toBe(serviceNodeOptions(app.name));
       else expect(serviceEnv(service).NODE_OPTIONS, `service ${name} sets NODE_OPTIONS`).toBeUndefined();
