@@ -125,6 +125,21 @@ describe('TurnWriter', () => {
     expect(w.writes).toBe(3); // the cancelled window writes nothing more
   });
 
+  it('encodes every line whole, multi-byte characters included, however long the window gets', async () => {
+    const { fd, file } = tmpFile();
+    const w = new TurnWriter({ fd, windowMs: 1000, highWater: 1 << 30 });
+    const lines: string[] = [];
+    // past the first buffer (256 KB) several times over, lines of 1-, 2-, 3- and 4-byte characters
+    for (let i = 0; i < 3000; i++) {
+      const line = `{"n":${i},"s":"${['a', 'é', '€', '😀'][i % 4]!.repeat(i % 300)}"}\n`;
+      lines.push(line);
+      w.write(line);
+    }
+    w.flushSync();
+    expect(w.writes).toBe(1);
+    expect(fs.readFileSync(file, 'utf8')).toBe(lines.join(''));
+  });
+
   it('flushSync writes what is buffered at once (for exit)', () => {
     const { fd, file } = tmpFile();
     const w = new TurnWriter({ fd });

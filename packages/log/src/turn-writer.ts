@@ -30,6 +30,9 @@ export interface TurnWriterOptions {
   highWater?: number;
 }
 
+/** The buffer's first size; it grows (doubling) while a reader is slow, up to maxBuffered. */
+const INITIAL_BUFFER = 256 * 1024;
+
 export class TurnWriter {
   readonly fd: number;
   readonly #max: number;
@@ -37,9 +40,16 @@ export class TurnWriter {
   readonly #windowMs: number;
   readonly #highWater: number;
   #timer: NodeJS.Timeout | undefined;
-  #lines: string[] = [];
-  #bytes = 0;
-  #pending: Buffer | undefined;
+  /**
+   * Lines are encoded into this buffer as they are logged, and written from it: a line string dies
+   * at once (pino builds it from dozens of pieces; kept in an array until the window ends, those
+   * survived young-generation collections and were flattened again by the join), and the buffer is
+   * reused, so logging allocates nothing per window. Measured on greylist's RCPT decisions (one line
+   * each): about 1 us less per line than joining the window's strings.
+   */
+  #buf = Buffer.allocUnsafe(INITIAL_BUFFER);
+  /** Bytes of #buf not yet written. */
+  #used = 0;
   #scheduled = false;
   #waiting = false;
   #dropped = 0;
@@ -58,19 +68,34 @@ export class TurnWriter {
   /** pino's destination interface: one serialised line, newline included. */
   write(line: string): boolean {
     if (this.#closed) return true;
-    if (this.#bytes + (this.#pending?.length ?? 0) > this.#max) {
+    if (!this.#append(line)) {
       this.#dropped++;
       return true;
     }
-    this.#lines.push(line);
-    this.#bytes += line.length;
     if (this.#waiting) return true;
-    if (this.#windowMs > 0 && this.#bytes < this.#highWater) {
+    if (this.#windowMs > 0 && this.#used < this.#highWater) {
       this.#timer ??= setTimeout(this.#endWindow, this.#windowMs);
     } else if (!this.#scheduled) {
       this.#scheduled = true;
       setImmediate(this.#endTurn);
     }
+    return true;
+  }
+
+  /** Encodes line at the end of the buffer, growing it up to maxBuffered; false: no room. */
+  #append(line: string): boolean {
+    // UTF-8 takes at most 3 bytes per UTF-16 unit
+    const room = this.#buf.length - this.#used;
+    if (line.length * 3 > room) {
+      const need = this.#used + Buffer.byteLength(line);
+      if (need > this.#buf.length) {
+        if (need > this.#max) return false;
+        const grown = Buffer.allocUnsafe(Math.min(this.#max, Math.max(need, this.#buf.length * 2)));
+        this.#buf.copy(grown, 0, 0, this.#used);
+        this.#buf = grown;
+      }
+    }
+    this.#used += this.#buf.write(line, this.#used);
     return true;
   }
 
@@ -91,7 +116,7 @@ export class TurnWriter {
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = undefined;
     const deadline = Date.now() + 2000;
-    while (!this.#closed && (this.#pending || this.#lines.length) && Date.now() < deadline) {
+    while (!this.#closed && (this.#used || this.#dropped) && Date.now() < deadline) {
       if (!this.#flush(true)) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
     }
   }
@@ -100,33 +125,33 @@ export class TurnWriter {
   #flush(sync: boolean): boolean {
     if (this.#closed) return true;
     if (this.#waiting && !sync) return false;
-    if (!this.#pending) {
-      if (!this.#lines.length && !this.#dropped) return true;
-      let text = this.#lines.join('');
-      if (this.#dropped > 0) {
-        text += `${JSON.stringify({ level: 'warn', time: new Date().toISOString(), msg: `log: ${this.#dropped} lines dropped while the log reader was not reading` })}\n`;
-        this.#dropped = 0;
-      }
-      this.#pending = Buffer.from(text, 'utf8');
-      this.#lines = [];
-      this.#bytes = 0;
+    if (this.#dropped > 0) {
+      const note = `${JSON.stringify({ level: 'warn', time: new Date().toISOString(), msg: `log: ${this.#dropped} lines dropped while the log reader was not reading` })}\n`;
+      // the note may take the buffer a little past maxBuffered: it is what says lines were lost
+      if (!this.#append(note)) this.#force(note);
+      this.#dropped = 0;
     }
+    if (!this.#used) return true;
     try {
       this.writes++;
-      const n = fs.writeSync(this.fd, this.#pending);
-      this.#pending = n < this.#pending.length ? this.#pending.subarray(n) : undefined;
+      const n = fs.writeSync(this.fd, this.#buf, 0, this.#used);
+      // what the descriptor did not take moves to the front; the rest of the buffer is free again
+      if (n < this.#used) this.#buf.copy(this.#buf, 0, n, this.#used);
+      this.#used -= n;
+      // a slow reader grew it: give the memory back once it has caught up
+      if (!this.#used && this.#buf.length > 4 * INITIAL_BUFFER)
+        this.#buf = Buffer.allocUnsafe(INITIAL_BUFFER);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code !== 'EAGAIN') {
         // EPIPE, EBADF: the reader is gone for good
         this.#closed = true;
-        this.#pending = undefined;
-        this.#lines = [];
-        this.#bytes = 0;
+        this.#used = 0;
+        this.#buf = Buffer.alloc(0);
         return true;
       }
     }
-    if (!this.#pending && !this.#lines.length && !this.#dropped) return true;
+    if (!this.#used && !this.#dropped) return true;
     if (!sync && !this.#waiting) {
       this.#waiting = true;
       setTimeout(() => {
@@ -135,5 +160,13 @@ export class TurnWriter {
       }, this.#retryMs).unref();
     }
     return false;
+  }
+
+  /** Appends line past maxBuffered (the dropped-lines note only). */
+  #force(line: string): void {
+    const grown = Buffer.allocUnsafe(this.#used + Buffer.byteLength(line));
+    this.#buf.copy(grown, 0, 0, this.#used);
+    this.#buf = grown;
+    this.#used += this.#buf.write(line, this.#used);
   }
 }

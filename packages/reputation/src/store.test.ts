@@ -4,9 +4,14 @@
  * trust), every Postgrey time rule with an injected clock, the AWL hour rule, approval, pending
  * list and maintenance; and that a second store instance (another process, a restart) sees it all.
  */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
 import { dnswlTrusted, passOld, validPasses } from './client-record.js';
 import { DAY_MS, HOUR_MS, type GreylistQuery } from './types.js';
+import { SQLITE_FILE, SqliteStore } from './sqlite-store.js';
 import { GREY, T0, useBackends } from './test/backends.js';
 
 const { backends } = useBackends();
@@ -404,6 +409,29 @@ describe.each(backends)('$name store', (backend) => {
       expect(await check('passed-old', now)).toMatchObject({ reason: 'new' });
       expect(await check('passed-recent', now)).toMatchObject({ action: 'pass', firstPass: false });
     });
+
+    it('maintenance walks every triplet, however many (SQLite: key ranges of 2,000 a transaction)', async () => {
+      const store = await backend.fresh().open();
+      const ask = (i: number, now: number) =>
+        store.greylistLookup({ ip: `10.0.${i >> 8}.${i & 255}`, key: `t${i}`, now, awlClients: 0, ...GREY });
+      // 6,500 triplets, first seen at T0; a third of them retried (passed) after the delay
+      await Promise.all(Array.from({ length: 6500 }, (_, i) => ask(i, T0)));
+      await Promise.all(
+        Array.from({ length: 6500 }, (_, i) => i)
+          .filter((i) => i % 3 === 0)
+          .map((i) => ask(i, T0 + 400 * S)),
+      );
+      const params = { maxAgeMs: GREY.maxAgeMs, retryWindowMs: GREY.retryWindowMs };
+      // past the retry window: every never-passed triplet goes, whatever its place in the key order
+      expect(await store.maintenance({ now: T0 + 3 * DAY_MS, ...params })).toEqual({
+        triplets: 4333,
+        awl: 0,
+      });
+      expect(await store.listPending(10)).toEqual([]);
+      expect(await store.maintenance({ now: T0 + 3 * DAY_MS, ...params })).toEqual({ triplets: 0, awl: 0 });
+      expect(await ask(6498, T0 + 3 * DAY_MS)).toMatchObject({ action: 'pass', firstPass: false });
+      expect(await ask(6499, T0 + 3 * DAY_MS)).toMatchObject({ action: 'defer', reason: 'new' });
+    });
   });
 
   it('answers ping, and rejects with StoreError once closed', async () => {
@@ -414,5 +442,33 @@ describe.each(backends)('$name store', (backend) => {
       name: 'StoreError',
       kind: 'unavailable',
     });
+  });
+});
+
+describe('SQLite file', () => {
+  it('schema 3: a file of schema 2 loses its triplet index and keeps its triplets', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moat-schema-'));
+    const old = new Database(path.join(dir, SQLITE_FILE));
+    old.exec(`CREATE TABLE triplet (key TEXT PRIMARY KEY, first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL,
+                passed INTEGER NOT NULL, approved_until INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+              CREATE INDEX triplet_pending ON triplet(passed, last_seen);
+              INSERT INTO triplet VALUES ('10.0.0/s@x.test/r@y.test', ${T0}, ${T0}, 0, 0);
+              PRAGMA user_version = 2;`);
+    old.close();
+    const store = await SqliteStore.open({ dataDir: dir });
+    try {
+      expect(
+        await store.greylistCheck('10.0.0/s@x.test/r@y.test', { now: T0 + 400 * S, ...GREY }),
+      ).toMatchObject({ action: 'pass', firstPass: true, delayedSeconds: 400 });
+    } finally {
+      await store.close();
+    }
+    const db = new Database(path.join(dir, SQLITE_FILE), { readonly: true });
+    expect(db.pragma('user_version', { simple: true })).toBe(3);
+    // the key is the table itself (WITHOUT ROWID): no index at all is left on it
+    expect(
+      db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'triplet'").all(),
+    ).toEqual([]);
+    db.close();
   });
 });
