@@ -114,8 +114,8 @@ return triplet(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), 
 `;
 
 /**
- * greylistLookup for a batch of queries with the same settings (those of one turn of the event loop:
- * one call, one round trip). KEYS[1]=pending, then per query its triplet, client and awl keys. ARGV:
+ * greylistLookup for a batch of queries with the same settings (up to LOOKUP_BATCH of one turn of the
+ * event loop: one call). KEYS[1]=pending, then per query its triplet, client and awl keys. ARGV:
  * the settings once (delayMs retryWindowMs maxAgeMs trust(0|1) awlClients awlIntervalMs nTests
  * tests...), then per query: key now (key '' = not keyed). The settings are sent once, not per query:
  * parsing them for every query cost both ioredis and Redis more than the lookups' own reads.

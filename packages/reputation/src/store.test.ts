@@ -311,7 +311,7 @@ describe.each(backends)('$name store', (backend) => {
       });
     });
 
-    it('lookups of one turn go together (Redis: 256 a script), each answered in order as if alone', async () => {
+    it('lookups of one turn go together (Redis: 8 a script), each answered in order as if alone', async () => {
       const store = await backend.fresh().open();
       await store.recordDnswl('192.0.2.9', -1, HOUR_MS, T0);
       const ask = (ip: string, key: string | undefined, now: number) =>
