@@ -17,8 +17,9 @@
  *   writes the WAL only starts over once a checkpoint has caught up with it between two commits, so
  *   past AUTOCHECKPOINT_PAGES this connection checkpoints the last frames itself (measured: one stall
  *   of 10-15 ms per 16,000 writes at 35,000 writes/s); without the worker, at SQLite's usual 1000.
- * - Writes of one turn of the event loop commit together (see #write); greylistLookup reads and
- *   writes inside that transaction, so a decision is one atomic step.
+ * - Writes commit together: those of one turn of the event loop, and of up to GROUP_COMMIT_TURNS
+ *   more turns while fewer than GROUP_COMMIT_SIZE wait (see #write); greylistLookup reads and writes
+ *   inside that transaction, so a decision is one atomic step.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -65,6 +66,15 @@ const MAINTENANCE_SCAN = 2000;
  * (maintenance, hourly), and listPending (an operator's command) reads the table.
  */
 const SCHEMA_VERSION = 3;
+/**
+ * A commit waits up to this many more turns of the event loop for more writes to share it (turns,
+ * never a timer: on an idle loop a turn takes microseconds), unless GROUP_COMMIT_SIZE writes already
+ * wait. Under load a turn brings about 15 greylist decisions and their commit costs about as much as
+ * ten of them: measured on the RCPT bench (32 sessions, three runs each), 31,500 decisions/s
+ * committing every turn, 33,900 waiting up to 2 turns (4 turns: 34,100).
+ */
+const GROUP_COMMIT_TURNS = 2;
+const GROUP_COMMIT_SIZE = 32;
 /** The worker's PASSIVE checkpoint period. */
 const CHECKPOINT_INTERVAL_MS = 100;
 /** This connection checkpoints itself only past this many WAL pages (64 MB), while the worker runs. */
@@ -317,19 +327,34 @@ export class SqliteStore implements ReputationStore {
   }
 
   #pending: Pending[] = [];
+  /** Turns the pending writes have waited for company. */
+  #waited = 0;
 
   /**
    * Runs fn in an IMMEDIATE transaction (the write lock taken up front, so no upgrade deadlock).
-   * Writes that arrive in the same turn of the event loop are group-committed: one transaction for all
-   * of them, each in its own savepoint, so one failing write does not undo the others. A commit costs
-   * far more than the writes themselves; under load this turns N commits into one.
+   * Writes that arrive in the same turn of the event loop, and in up to GROUP_COMMIT_TURNS more, are
+   * group-committed: one transaction for all of them, a savepoint around each only when one fails,
+   * so one failing write does not undo the others. A commit costs far more than the writes
+   * themselves; under load this turns N commits into one.
    */
   #write<T>(what: string, fn: () => T): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      if (this.#pending.length === 0) setImmediate(() => this.#flush());
+      if (this.#pending.length === 0) {
+        this.#waited = 0;
+        setImmediate(this.#due);
+      }
       this.#pending.push({ what, fn, resolve: resolve as (v: unknown) => void, reject });
     });
   }
+
+  readonly #due = (): void => {
+    if (this.#pending.length < GROUP_COMMIT_SIZE && this.#waited < GROUP_COMMIT_TURNS) {
+      this.#waited++;
+      setImmediate(this.#due);
+      return;
+    }
+    this.#flush();
+  };
 
   #flush(): void {
     const batch = this.#pending;

@@ -446,6 +446,30 @@ describe.each(backends)('$name store', (backend) => {
 });
 
 describe('SQLite file', () => {
+  it('group commit: a lone write waits two more turns for company, 32 waiting writes commit at once', async () => {
+    const store = await SqliteStore.open({ dataDir: fs.mkdtempSync(path.join(os.tmpdir(), 'moat-group-')) });
+    try {
+      // counts the turns of the event loop until p settles
+      const turnsUntil = async (p: Promise<unknown>) => {
+        let turns = 0;
+        let done = false;
+        void p.finally(() => (done = true));
+        while (!done) {
+          await new Promise((r) => setImmediate(r));
+          turns++;
+        }
+        return turns;
+      };
+      const check = (k: string) => store.greylistCheck(k, { now: T0, ...GREY });
+      expect(await turnsUntil(check('lone'))).toBe(3);
+      expect(await turnsUntil(Promise.all(Array.from({ length: 32 }, (_, i) => check(`k${i}`))))).toBe(1);
+      // all of them written
+      expect(await store.listPending(100)).toHaveLength(33);
+    } finally {
+      await store.close();
+    }
+  });
+
   it('schema 3: a file of schema 2 loses its triplet index and keeps its triplets', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moat-schema-'));
     const old = new Database(path.join(dir, SQLITE_FILE));
