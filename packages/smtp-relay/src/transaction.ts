@@ -89,7 +89,7 @@ export class RelayTransaction {
         throw err;
       }
       // the body failed on our side: abort without the final dot
-      this.abort('body failed');
+      this.#abort('body failed');
       throw err;
     }
     const end = stuffer.terminator();
@@ -216,7 +216,7 @@ export class RelayTransaction {
   /** The server said 354 although we no longer want to send: drop the connection, no final dot. */
   #abortData(answer: Reply): Reply {
     this.#state = 'data';
-    this.abort('refused before DATA');
+    this.#abort('refused before DATA');
     return answer;
   }
 
@@ -224,7 +224,7 @@ export class RelayTransaction {
    * Abandons the transaction. Before DATA: RSET, then the connection goes back to the pool. During DATA:
    * the connection is destroyed, so the next hop discards what it received.
    */
-  abort(why: string): void {
+  #abort(why: string): void {
     if (this.#state === 'done') return;
     const conn = this.conn;
     if (this.#state === 'data') {
