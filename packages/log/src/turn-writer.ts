@@ -82,15 +82,15 @@ export class TurnWriter {
     return true;
   }
 
-  /** Encodes line at the end of the buffer, growing it up to maxBuffered; false: no room. */
-  #append(line: string): boolean {
+  /** Encodes line at the end of the buffer, growing it up to max (maxBuffered); false: no room. */
+  #append(line: string, max = this.#max): boolean {
     // UTF-8 takes at most 3 bytes per UTF-16 unit
     const room = this.#buf.length - this.#used;
     if (line.length * 3 > room) {
       const need = this.#used + Buffer.byteLength(line);
       if (need > this.#buf.length) {
-        if (need > this.#max) return false;
-        const grown = Buffer.allocUnsafe(Math.min(this.#max, Math.max(need, this.#buf.length * 2)));
+        if (need > max) return false;
+        const grown = Buffer.allocUnsafe(Math.min(max, Math.max(need, this.#buf.length * 2)));
         this.#buf.copy(grown, 0, 0, this.#used);
         this.#buf = grown;
       }
@@ -128,7 +128,7 @@ export class TurnWriter {
     if (this.#dropped > 0) {
       const note = `${JSON.stringify({ level: 'warn', time: new Date().toISOString(), msg: `log: ${this.#dropped} lines dropped while the log reader was not reading` })}\n`;
       // the note may take the buffer a little past maxBuffered: it is what says lines were lost
-      if (!this.#append(note)) this.#force(note);
+      this.#append(note, Infinity);
       this.#dropped = 0;
     }
     if (!this.#used) return true;
@@ -160,13 +160,5 @@ export class TurnWriter {
       }, this.#retryMs).unref();
     }
     return false;
-  }
-
-  /** Appends line past maxBuffered (the dropped-lines note only). */
-  #force(line: string): void {
-    const grown = Buffer.allocUnsafe(this.#used + Buffer.byteLength(line));
-    this.#buf.copy(grown, 0, 0, this.#used);
-    this.#buf = grown;
-    this.#used += this.#buf.write(line, this.#used);
   }
 }

@@ -181,7 +181,7 @@ function prepareAll(db: Database.Database) {
     countClients: db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM client'),
     triplet: db.prepare<[string], TripletRow>('SELECT * FROM triplet WHERE key = ?'),
     // greylistLookup's three reads (the client's screen record, its AWL entry, the triplet) in one
-    // statement, as an array of LOOKUP_COLUMNS: one call into SQLite instead of three, measured
+    // statement, as an array (LookupColumns): one call into SQLite instead of three, measured
     // 3.2 -> 2.5 us
     lookup: db
       .prepare<[{ ip: string; key: string | null }], unknown[]>(
@@ -480,9 +480,7 @@ export class SqliteStore implements ReputationStore {
       if (query.key === undefined) return { action: 'unkeyed' };
       const [firstSeen, lastSeen, passed, approvedUntil] = t;
       const state =
-        firstSeen === null
-          ? undefined
-          : { firstSeen, lastSeen: lastSeen!, passed: passed !== 0, approvedUntil: approvedUntil! };
+        firstSeen === null ? undefined : tripletState(firstSeen, lastSeen!, passed!, approvedUntil!);
       return this.#decide(query.key, state, now, query);
     });
   }
@@ -490,7 +488,8 @@ export class SqliteStore implements ReputationStore {
   /** Postgrey's read-decide-write of one triplet; runs inside a batch's transaction. */
   #triplet(key: string, now: number, params: GreylistParams): GreylistResult {
     const row = this.#q.triplet.get(key);
-    return this.#decide(key, row && tripletState(row), now, params);
+    const state = row && tripletState(row.first_seen, row.last_seen, row.passed, row.approved_until);
+    return this.#decide(key, state, now, params);
   }
 
   #decide(key: string, state: TripletState | undefined, now: number, params: GreylistParams): GreylistResult {
@@ -585,13 +584,13 @@ export class SqliteStore implements ReputationStore {
   }
 }
 
-function tripletState(row: TripletRow): TripletState {
-  return {
-    firstSeen: row.first_seen,
-    lastSeen: row.last_seen,
-    passed: row.passed !== 0,
-    approvedUntil: row.approved_until,
-  };
+function tripletState(
+  firstSeen: number,
+  lastSeen: number,
+  passed: number,
+  approvedUntil: number,
+): TripletState {
+  return { firstSeen, lastSeen, passed: passed !== 0, approvedUntil };
 }
 
 function yieldToEventLoop(): Promise<void> {
