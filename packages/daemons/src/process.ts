@@ -62,7 +62,6 @@ export function passwd(user: string): { uid: number; gid: number } | undefined {
   return undefined;
 }
 
-/** A port that was free a moment ago (listen on 0, read it, close). */
 /** Binds port (0: the kernel picks one) on HOST and releases it; resolves the port, or undefined if taken. */
 function tryBind(kind: 'tcp' | 'udp', port: number): Promise<number | undefined> {
   return new Promise((resolve) => {

@@ -49,7 +49,6 @@ port.on('message', (jobs: WriteJob[]) => {
   }
 });
 
-/** Open directories, kept for their next fsync (bounded: a Maildir a recipient is many folders). */
 function runBatch(): void {
   scheduled = false;
   const jobs = queue.splice(0);
