@@ -5,86 +5,25 @@
  * 450 4.2.0 for DEFER_IF_PERMIT, then 250 after the delay. Needs root (Postfix's master) and the
  * Debian postfix package; skipped otherwise.
  */
-import { spawnSync } from 'node:child_process';
-import fs from 'node:fs';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Chain, freePort, swaks, tmpDir, waitFor, which } from '@moat/testkit';
+import {
+  Chain,
+  canRunPostfix,
+  freePort,
+  startPostfix,
+  swaks,
+  waitFor,
+  type PostfixInstance,
+} from '@moat/testkit';
 import { startTinyDns, type TinyDns } from './greylist-support.js';
 
 const HELP = 'Greylisted, see http://postgrey.schweikert.ch/help/example.test.html';
-const canRun = process.getuid?.() === 0 && which('postfix') !== undefined;
 
-function postfix(dir: string, cmd: string): { status: number | null; output: string } {
-  // postfix writes its fatal messages to the terminal only; `script` gives it one
-  const r = spawnSync('script', ['-qc', `postfix -c ${dir}/etc ${cmd}`, '/dev/null'], { encoding: 'utf8' });
-  return { status: r.status, output: `${r.stdout}${r.stderr}` };
-}
-
-function instance(dir: string, smtpPort: number, policyPort: number): void {
-  fs.mkdirSync(path.join(dir, 'etc'), { recursive: true });
-  fs.mkdirSync(path.join(dir, 'queue'));
-  fs.mkdirSync(path.join(dir, 'data'));
-  fs.chmodSync(dir, 0o755);
-  spawnSync('chown', ['postfix', path.join(dir, 'data')]);
-  fs.writeFileSync(
-    path.join(dir, 'etc', 'main.cf'),
-    [
-      'compatibility_level = 3.6',
-      `queue_directory = ${dir}/queue`,
-      `data_directory = ${dir}/data`,
-      'mail_owner = postfix',
-      'setgid_group = postdrop',
-      'myhostname = pf.example.test',
-      'mydestination =',
-      'relay_domains = example.test',
-      'relay_transport = discard:',
-      'default_transport = discard:',
-      'inet_interfaces = 127.0.0.1',
-      'inet_protocols = ipv4',
-      `maillog_file = ${dir}/maillog`,
-      `maillog_file_prefixes = ${path.dirname(dir)}`,
-      'mynetworks = 127.0.0.1/32',
-      'smtpd_relay_restrictions = reject_unauth_destination',
-      `smtpd_recipient_restrictions = reject_unauth_destination, check_policy_service inet:127.0.0.1:${policyPort}`,
-      'alias_maps =',
-      'alias_database =',
-      'local_recipient_maps =',
-      'smtpd_banner = $myhostname ESMTP',
-      '',
-    ].join('\n'),
-  );
-  fs.writeFileSync(
-    path.join(dir, 'etc', 'master.cf'),
-    [
-      `${smtpPort} inet n - n - - smtpd`,
-      'cleanup unix n - n - 0 cleanup',
-      'qmgr unix n - n 300 1 qmgr',
-      'rewrite unix - - n - - trivial-rewrite',
-      'bounce unix - - n - 0 bounce',
-      'defer unix - - n - 0 bounce',
-      'trace unix - - n - 0 bounce',
-      'verify unix - - n - 1 verify',
-      'flush unix n - n 1000? 0 flush',
-      'proxymap unix - - n - - proxymap',
-      'showq unix n - n - - showq',
-      'error unix - - n - - error',
-      'retry unix - - n - - error',
-      'discard unix - - n - - discard',
-      'anvil unix - - n - 1 anvil',
-      'scache unix - - n - 1 scache',
-      'postlog unix-dgram n - n - 1 postlogd',
-      '',
-    ].join('\n'),
-  );
-}
-
-describe.skipIf(!canRun)('moat-greylist as the policy server of a real Postfix', () => {
+describe.skipIf(!canRunPostfix())('moat-greylist as the policy server of a real Postfix', () => {
   let chain: Chain;
   let dns: TinyDns;
-  let dir: string;
+  let postfix: PostfixInstance | undefined;
   let smtpPort: number;
-  let started = false;
 
   beforeAll(async () => {
     dns = await startTinyDns({});
@@ -96,12 +35,16 @@ describe.skipIf(!canRun)('moat-greylist as the policy server of a real Postfix',
         greylist: { enabled: true, delay: '2s', policyListen: `127.0.0.1:${policyPort}` },
       },
     });
-    dir = tmpDir('moat-postfix-');
     smtpPort = await freePort();
-    instance(dir, smtpPort, policyPort);
-    const r = postfix(dir, 'start');
-    if (r.status !== 0) throw new Error(`postfix start failed: ${r.output}`);
-    started = true;
+    postfix = await startPostfix({
+      port: smtpPort,
+      main: {
+        relay_domains: 'example.test',
+        relay_transport: 'discard:',
+        default_transport: 'discard:',
+        smtpd_recipient_restrictions: `reject_unauth_destination, check_policy_service inet:127.0.0.1:${policyPort}`,
+      },
+    });
     await waitFor(
       async () =>
         (await swaks(['--server', `127.0.0.1:${smtpPort}`, '--quit-after', 'CONNECT'])).exitCode === 0 ||
@@ -112,7 +55,7 @@ describe.skipIf(!canRun)('moat-greylist as the policy server of a real Postfix',
   }, 60_000);
 
   afterAll(async () => {
-    if (started) postfix(dir, 'stop');
+    await postfix?.stop();
     await chain?.stop();
     await dns?.close();
   });

@@ -1,7 +1,7 @@
 /**
  * @moat/testkit: what Moat's tests share: free ports and temporary folders, the services as real
  * processes (Chain), a raw SMTP client with exact replies, swaks / smtp-source / smtp-sink wrappers,
- * a scripted next hop for failure paths, and Maildir readers.
+ * a scripted next hop for failure paths, Maildir readers, and a private Postfix instance.
  */
 export { freePort, repoRoot, tmpDir, waitFor, waitForPort } from './net.js';
 export {
@@ -18,3 +18,10 @@ export { smtpSink, smtpSource, stopChild, swaks, which, type SwaksResult } from 
 export { filesUnder, headerValues, maildirMessages } from './maildir.js';
 export { ScriptedServer, type Script, type Stage } from './scripted-server.js';
 export { zip } from './zip.js';
+export {
+  canRunPostfix,
+  postfixUnavailable,
+  startPostfix,
+  type PostfixInstance,
+  type PostfixOptions,
+} from './postfix.js';
