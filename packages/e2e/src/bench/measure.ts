@@ -70,13 +70,44 @@ export function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
+/** The fields of /proc/PID/stat after the command name (state first), or undefined once it is gone. */
+function stat(pid: number | string): string[] | undefined {
+  try {
+    const line = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return line.slice(line.lastIndexOf(') ') + 2).split(' ');
+  } catch {
+    return undefined;
+  }
+}
+
+const MS_PER_TICK = 1000 / 100;
+
 /** User + system CPU of a process so far, in ms. */
 export function cpuMs(pid: number): number {
-  try {
-    const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    const ticks = Number(fields[11]) + Number(fields[12]);
-    return (ticks * 1000) / 100;
-  } catch {
-    return NaN;
+  const f = stat(pid);
+  return f ? (Number(f[11]) + Number(f[12])) * MS_PER_TICK : NaN;
+}
+
+/**
+ * CPU of a process and all its descendants so far, in ms: each one's user + system time and what its
+ * exited children left it (cutime + cstime), so a child that exits in between is still counted.
+ */
+export function familyCpuMs(pid: number): number {
+  const procs = new Map<number, { ppid: number; ticks: number }>();
+  for (const entry of fs.readdirSync('/proc')) {
+    const f = /^\d+$/.test(entry) ? stat(entry) : undefined;
+    if (f)
+      procs.set(Number(entry), {
+        ppid: Number(f[1]),
+        ticks: f.slice(11, 15).reduce((a, t) => a + Number(t), 0),
+      });
   }
+  if (!procs.has(pid)) return NaN;
+  let ticks = 0;
+  const family = [pid];
+  for (let i = 0; i < family.length; i++) {
+    ticks += procs.get(family[i]!)!.ticks;
+    for (const [child, p] of procs) if (p.ppid === family[i]) family.push(child);
+  }
+  return ticks * MS_PER_TICK;
 }
