@@ -17,8 +17,9 @@
  *   npm run bench -- --only filter   one scenario: chain, greylist, screen or filter
  */
 import { spawn } from 'node:child_process';
+import { parseHostPort } from '@moat/config';
 import { Chain, freePort, postfixUnavailable, smtpSink, stopChild, waitForPort } from '@moat/testkit';
-import { cpuMs, latency, percentile, throughput } from './measure.js';
+import { cpuMs, latency, listenerPid, percentile, throughput } from './measure.js';
 import { startPostfixPath, type PostfixPath, type PostfixRun } from './postfix.js';
 
 /**
@@ -97,9 +98,12 @@ async function benchChain(): Promise<void> {
   // sent to spamd (spamMaxSize 1 byte: "skipped: size", as amavis does for large mail), which would
   // cap every row at spamd's ~40 msgs/s; the filter scenario below measures scanning itself.
   const chain = await Chain.create({ config: { log: { level: 'info' }, filter: { spamMaxSize: 1 } } });
+  const clamdAt = parseHostPort(String((chain.config.filter as { clamd: string }).clamd));
+  const clamd = clamdAt ? listenerPid(clamdAt.port) : undefined;
   const rows: Row[] = [];
   let postfix: PostfixPath | undefined;
-  let goal: { sink: number; postfix: PostfixRun; chain: number; chainCpu: number } | undefined;
+  let goal:
+    { sink: number; postfix: PostfixRun; chain: number; chainCpu: number; clamdCpu: number } | undefined;
   try {
     // warm-up, not measured: the services' code compiled and optimised, their pools and caches filled,
     // as on a server that has been running (after 1,000 messages V8 was still compiling: the CPU per
@@ -138,14 +142,17 @@ async function benchChain(): Promise<void> {
           const chainRuns: number[] = [];
           const postfixRuns: PostfixRun[] = [];
           const cpu = [...chain.processes.values()].map(() => 0);
+          let clamdCpu = 0;
           for (let round = 0; round < rounds; round++) {
             const a = await throughput(sinkPort, o);
             if (!a.ok) throw new Error(`${scenario}: smtp-source failed:\n${a.output}`);
             sinkRuns.push(a.perSecond);
             if (postfix && scenario === GOAL) postfixRuns.push(await postfix.run(o));
             const cpuBefore = [...chain.processes.values()].map((p) => cpuMs(p.child.pid!));
+            const clamdBefore = clamd === undefined ? NaN : cpuMs(clamd);
             const b = await throughput(chain.ports.screen, o);
             [...chain.processes.values()].forEach((p, i) => (cpu[i]! += cpuMs(p.child.pid!) - cpuBefore[i]!));
+            clamdCpu += clamd === undefined ? NaN : cpuMs(clamd) - clamdBefore;
             if (!b.ok) throw new Error(`${scenario}: smtp-source failed:\n${b.output}`);
             chainRuns.push(b.perSecond);
           }
@@ -154,12 +161,21 @@ async function benchChain(): Promise<void> {
           rows.push(row);
           if (scenario === GOAL) {
             const chainCpu = cpu.reduce((a, c) => a + c, 0) / (n * rounds);
+            const scanCpu = clamdCpu / (n * rounds);
             const pf = postfixRuns.sort((x, y) => x.perSecond - y.perSecond)[1];
             const delivered = postfixRuns.every((r) => r.delivered);
-            if (pf) goal = { sink: row.sink, postfix: { ...pf, delivered }, chain: row.chain, chainCpu };
+            if (pf)
+              goal = {
+                sink: row.sink,
+                postfix: { ...pf, delivered },
+                chain: row.chain,
+                chainCpu,
+                clamdCpu: scanCpu,
+              };
           }
           const perMsg = [...chain.processes.keys()]
             .map((name, i) => `${name} ${fmt(cpu[i]! / (n * rounds), 3)}`)
+            .concat(`clamd ${fmt(clamdCpu / (n * rounds), 3)}`)
             .join(', ');
           process.stdout.write(
             `${scenario.padEnd(34)} sink ${fmt(row.sink).padStart(7)}/s  chain ${fmt(row.chain).padStart(6)}/s  ratio ${(row.ratio * 100).toFixed(1).padStart(5)}%   CPU ms/msg: ${perMsg}${rounds > 1 ? ` (median of ${rounds} rounds)` : ''}\n`,
@@ -192,7 +208,8 @@ async function benchChain(): Promise<void> {
             `  sink ${fmt(goal.sink)}/s  Postfix ${fmt(pf.perSecond)}/s  chain ${fmt(goal.chain)}/s\n` +
             `  chain ${((goal.chain / goal.sink) * 100).toFixed(1)}% of sink, Postfix ${((pf.perSecond / goal.sink) * 100).toFixed(1)}% of sink: ` +
             `chain ${fmt(goal.chain / pf.perSecond, 2)}x Postfix\n` +
-            `  CPU ms/msg: Postfix ${fmt(pf.cpuMsPerMsg, 3)} (all its processes, delivery included), chain ${fmt(goal.chainCpu, 3)} (all services)\n` +
+            `  CPU ms/msg: Postfix ${fmt(pf.cpuMsPerMsg, 3)} (all its processes, delivery included), chain ${fmt(goal.chainCpu, 3)} (all services) ` +
+            `+ clamd ${fmt(goal.clamdCpu, 3)} (a scan of every message, which Postfix's path does not do)\n` +
             (pf.delivered
               ? ''
               : '  (Postfix had not delivered everything within 30 s: its delivery overlapped the next run)\n'),

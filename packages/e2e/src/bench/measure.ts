@@ -111,3 +111,29 @@ export function familyCpuMs(pid: number): number {
   }
   return ticks * MS_PER_TICK;
 }
+
+/**
+ * The process listening on a TCP port of 127.0.0.1 (found through /proc/net/tcp and the processes'
+ * socket descriptors), or undefined: how the bench finds clamd, which `npm run bench` started and only
+ * passed on as an address.
+ */
+export function listenerPid(port: number): number | undefined {
+  const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+  const inode = fs
+    .readFileSync('/proc/net/tcp', 'utf8')
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/))
+    .find((f) => f[1]?.endsWith(`:${hexPort}`) && f[3] === '0A')?.[9];
+  if (!inode) return undefined;
+  const target = `socket:[${inode}]`;
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      for (const fd of fs.readdirSync(`/proc/${entry}/fd`))
+        if (fs.readlinkSync(`/proc/${entry}/fd/${fd}`) === target) return Number(entry);
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  return undefined;
+}
