@@ -18,10 +18,4 @@ export { smtpSink, smtpSource, stopChild, swaks, which, type SwaksResult } from 
 export { filesUnder, headerValues, maildirMessages } from './maildir.js';
 export { ScriptedServer, type Script, type Stage } from './scripted-server.js';
 export { zip } from './zip.js';
-export {
-  canRunPostfix,
-  postfixUnavailable,
-  startPostfix,
-  type PostfixInstance,
-  type PostfixOptions,
-} from './postfix.js';
+export { postfixUnavailable, startPostfix, type PostfixInstance, type PostfixOptions } from './postfix.js';

@@ -16,10 +16,6 @@ export function postfixUnavailable(): string | undefined {
   return undefined;
 }
 
-export function canRunPostfix(): boolean {
-  return postfixUnavailable() === undefined;
-}
-
 export interface PostfixOptions {
   /** The port of the default `inet` line (smtpd on 127.0.0.1). */
   port: number;
@@ -117,7 +113,7 @@ export async function startPostfix(o: PostfixOptions): Promise<PostfixInstance> 
   const masterPid = (): number | undefined => {
     try {
       const pid = Number(fs.readFileSync(path.join(dir, 'queue', 'pid', 'master.pid'), 'utf8').trim());
-      return pid > 0 && fs.existsSync(`/proc/${pid}`) ? pid : undefined;
+      return pid > 0 && running(pid) ? pid : undefined;
     } catch {
       return undefined;
     }
@@ -126,7 +122,7 @@ export async function startPostfix(o: PostfixOptions): Promise<PostfixInstance> 
     const pid = masterPid();
     if (pid !== undefined) {
       await postfix(dir, 'stop');
-      await waitFor(() => !fs.existsSync(`/proc/${pid}`) || undefined, 10_000, "Postfix's master to stop");
+      await waitFor(() => !running(pid) || undefined, 10_000, "Postfix's master to stop");
     }
     fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5 });
   };
@@ -139,6 +135,19 @@ export async function startPostfix(o: PostfixOptions): Promise<PostfixInstance> 
     throw err;
   }
   return { dir, masterPid, stop };
+}
+
+/**
+ * Whether a process is still running. The master daemonizes, so whoever adopts it reaps it, when it
+ * gets to it: an exited master can linger as a zombie, which /proc still lists (state Z).
+ */
+function running(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat[stat.lastIndexOf(') ') + 2] !== 'Z';
+  } catch {
+    return false;
+  }
 }
 
 function postfixUid(): number {
