@@ -88,9 +88,9 @@ const GOAL = '1 KB, s10, 1 msg/conn';
 /** Rounds of the goal row: one run moves by up to 15% from the next on a busy virtual machine. */
 const GOAL_ROUNDS = 5;
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)]!;
+/** The middle one of `values` by `by` (numbers by themselves); undefined when there are none. */
+function median<T>(values: readonly T[], by: (v: T) => number = (v) => v as number): T | undefined {
+  return [...values].sort((a, b) => by(a) - by(b))[values.length >> 1];
 }
 
 async function benchChain(): Promise<void> {
@@ -169,15 +169,15 @@ async function benchChain(): Promise<void> {
             if (!b.ok) throw new Error(`${scenario}: smtp-source failed:\n${b.output}`);
             chainRuns.push(b.perSecond);
           }
-          const row = { scenario, sink: median(sinkRuns), chain: median(chainRuns), ratio: 0 };
-          row.ratio = row.chain / row.sink;
+          const [sinkRate, chainRate] = [median(sinkRuns)!, median(chainRuns)!];
+          const row = { scenario, sink: sinkRate, chain: chainRate, ratio: chainRate / sinkRate };
           rows.push(row);
           if (scenario === GOAL) {
             const chainCpu = cpu.reduce((a, c) => a + c, 0) / (n * rounds);
             const scanCpu = clamdCpu / (n * rounds);
             // each round's chain against that round's Postfix: how far the machine's noise moves it
             const perRound = postfixRuns.map((r, i) => chainRuns[i]! / r.perSecond);
-            const pf = [...postfixRuns].sort((x, y) => x.perSecond - y.perSecond)[postfixRuns.length >> 1];
+            const pf = median(postfixRuns, (r) => r.perSecond);
             const delivered = postfixRuns.every((r) => r.delivered);
             if (pf)
               goal = {
