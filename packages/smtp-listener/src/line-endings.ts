@@ -29,41 +29,22 @@ export class MessageTooBig extends Error {
   }
 }
 
-export class LineEndingNormalizer extends Transform {
+/** The rule itself, chunk by chunk, for a stream (LineEndingNormalizer) or a server's own data loop. */
+export class LineEndings {
   /** A CR run at the end of the previous chunk, waiting to see whether LF follows. */
   #pendingCr = false;
-  #bytes = 0;
   /** Lines that needed fixing (for the log). */
   bareLineEndings = 0;
 
-  constructor(private readonly maxBytes = Infinity) {
-    super();
+  /** What is left at the end of the message: a CRLF for a CR run still pending, else nothing. */
+  flush(): Buffer | undefined {
+    if (!this.#pendingCr) return undefined;
+    this.#pendingCr = false;
+    this.bareLineEndings++;
+    return CRLF;
   }
 
-  get bytes(): number {
-    return this.#bytes;
-  }
-
-  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
-    this.#bytes += chunk.length;
-    if (this.#bytes > this.maxBytes) {
-      done(new MessageTooBig(this.maxBytes));
-      return;
-    }
-    done(null, this.#normalize(chunk));
-  }
-
-  override _flush(done: TransformCallback): void {
-    if (this.#pendingCr) {
-      this.#pendingCr = false;
-      this.bareLineEndings++;
-      done(null, CRLF);
-      return;
-    }
-    done();
-  }
-
-  #normalize(chunk: Buffer): Buffer {
+  normalize(chunk: Buffer): Buffer {
     // fast path: no CR pending, and every CR is directly followed by LF and every LF preceded by CR
     let clean = !this.#pendingCr;
     if (clean) {
@@ -136,5 +117,36 @@ export class LineEndingNormalizer extends Transform {
       }
     }
     return out.subarray(0, o);
+  }
+}
+
+export class LineEndingNormalizer extends Transform {
+  readonly #rule = new LineEndings();
+  #bytes = 0;
+
+  constructor(private readonly maxBytes = Infinity) {
+    super();
+  }
+
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  /** Lines that needed fixing (for the log). */
+  get bareLineEndings(): number {
+    return this.#rule.bareLineEndings;
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    this.#bytes += chunk.length;
+    if (this.#bytes > this.maxBytes) {
+      done(new MessageTooBig(this.maxBytes));
+      return;
+    }
+    done(null, this.#rule.normalize(chunk));
+  }
+
+  override _flush(done: TransformCallback): void {
+    done(null, this.#rule.flush());
   }
 }

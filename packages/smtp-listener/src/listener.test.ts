@@ -1,5 +1,5 @@
 import net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '@moat/log';
 import { createListener, type HopHandlers, type Listener } from './listener.js';
 import { reply } from './replies.js';
@@ -10,11 +10,15 @@ afterEach(async () => {
   listener = undefined;
 });
 
+const ENGINES = ['lean', 'smtp-server'] as const;
+let engine: (typeof ENGINES)[number] = 'lean';
+
 async function start(
   handlers: Partial<HopHandlers> = {},
   extra: Record<string, unknown> = {},
 ): Promise<Listener> {
   listener = await createListener({
+    engine,
     service: 'test',
     hostname: 'mx.example.test',
     listen: '127.0.0.1:0',
@@ -51,10 +55,15 @@ function talk(port: number, lines: string[], localAddress?: string): Promise<str
   });
 }
 
-describe('the hop listener', () => {
+describe.each(ENGINES)('the hop listener (%s engine)', (name) => {
+  beforeEach(() => {
+    engine = name;
+  });
+
   it('sends the banner at once: no fixed 100 ms early-talker wait, no reverse DNS', async () => {
     const l = await start();
-    expect(l.server.options.disableReverseLookup).toBe(true);
+    expect(l.engine).toBe(name);
+    if (l.server) expect(l.server.options.disableReverseLookup).toBe(true);
     const started = Date.now();
     for (let i = 0; i < 20; i++) {
       const t = Date.now();

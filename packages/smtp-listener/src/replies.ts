@@ -6,6 +6,7 @@
  * Texts are fixed strings so operators can grep logs for years; the one table per concern rule means
  * the same condition always gets the same words.
  */
+import type { Logger } from '@moat/log';
 
 export interface Reply {
   code: number;
@@ -46,3 +47,18 @@ export const listenerReplies = {
   messageTooBig: () => reply(552, '5.3.4', 'Message size exceeds fixed limit'),
   shuttingDown: () => reply(421, '4.3.2', 'Service shutting down, closing transmission channel'),
 } as const;
+
+/** Runs a handler, turning throws into 451 4.3.0 (never a 5xx for our own failure). */
+export async function guarded(
+  logger: Logger,
+  what: string,
+  fn: () => Promise<Reply | void> | Reply | void,
+): Promise<Reply | void> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof SmtpError) return err.reply;
+    logger.error({ err, stage: what }, 'handler failed');
+    return listenerReplies.internalError();
+  }
+}
