@@ -333,6 +333,16 @@ describe('the lean listener (internal hops)', () => {
     ]);
   });
 
+  it('closes an idle session after idleTimeoutMs with 421 4.4.2', async () => {
+    const { port } = await start({}, { idleTimeoutMs: 200 });
+    const c = new Client(port);
+    c.write('EHLO hop.test\r\n');
+    const t = Date.now();
+    await c.ended();
+    expect(c.lines.at(-1)).toBe('421 4.4.2 Timeout - closing connection');
+    expect(Date.now() - t).toBeGreaterThanOrEqual(150);
+  });
+
   it('on close, answers idle sessions 421 at once and lets a busy one finish first', async () => {
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));

@@ -195,7 +195,8 @@ class LeanConnection {
     };
     socket.setNoDelay(true);
     socket.setTimeout(server.o.idleTimeoutMs ?? 300_000);
-    socket.on('timeout', () => this.#fail(R.timeout));
+    // idle too long: 421; still there an idle period after that (it never closed its side): gone
+    socket.on('timeout', () => (this.#closed ? socket.destroy() : this.#fail(R.timeout)));
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('error', (err) => server.o.logger.debug({ err: err.message }, 'connection error'));
     socket.on('close', () => this.#onClose());
