@@ -522,8 +522,9 @@ class LeanConnection {
   #takeData(): boolean {
     const d = this.#data!;
     const buf = this.#pending!;
-    const out: Buffer[] = [];
     let p = 0;
+    // the bytes taken go on as runs of buf (subarrays, no copy); a removed dot ends a run
+    let from = 0;
     let ended = false;
     while (p < buf.length) {
       if (d.lineStart && buf[p] === DOT) {
@@ -531,31 +532,30 @@ class LeanConnection {
           // "." CRLF after a CRLF ends the data; wait for the bytes that decide
           if (buf.length - p < 3 && (buf.length - p === 1 || buf[p + 1] === CR)) break;
           if (buf[p + 1] === CR && buf[p + 2] === LF) {
-            p += 3;
+            if (p > from) this.#bodyBytes(d, buf.subarray(from, p));
+            from = p += 3;
             ended = true;
             break;
           }
         }
-        p++; // dot-unstuffing
+        // dot-unstuffing
+        if (p > from) this.#bodyBytes(d, buf.subarray(from, p));
+        from = ++p;
       }
       d.lineStart = false;
       const nl = buf.indexOf(LF, p);
       if (nl === -1) {
-        if (p < buf.length) {
-          out.push(buf.subarray(p));
-          d.lastCr = buf[buf.length - 1] === CR;
-        }
+        if (p < buf.length) d.lastCr = buf[buf.length - 1] === CR;
         p = buf.length;
         break;
       }
       d.prevCrlf = nl > p ? buf[nl - 1] === CR : d.lastCr;
-      out.push(buf.subarray(p, nl + 1));
       d.lastCr = false;
       d.lineStart = true;
       p = nl + 1;
     }
+    if (!ended && p > from) this.#bodyBytes(d, buf.subarray(from, p));
     this.#pending = p < buf.length ? buf.subarray(p) : undefined;
-    if (out.length) this.#bodyBytes(d, out.length === 1 ? out[0]! : Buffer.concat(out));
     if (!ended) return false;
     d.ended = true;
     if (!d.tooBig && d.reply === undefined) {
