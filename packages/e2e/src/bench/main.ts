@@ -9,8 +9,10 @@
  * path doing the chain's job, a private instance started for the run (bench/postfix.ts: postscreen ->
  * smtpd -> cleanup -> queue -> virtual into a Maildir, fsync on both): five rounds of sink, Postfix,
  * chain, each Postfix run waiting for its delivery before the chain's; the medians, the chain as a
- * multiple of Postfix (goal: 1x; target 2x) and each one's CPU per message. Without root or the Debian
- * postfix package that comparison is skipped, with one line that says why.
+ * multiple of Postfix (goal: 1x; target 2x) and each one's CPU per message. Then where a session's
+ * time goes: each step of one probe session (banner, EHLO, MAIL, RCPT, DATA, end of data, QUIT) beside
+ * nine smtp-source sessions, through the chain and through Postfix. Without root or the Debian
+ * postfix package the Postfix comparisons are skipped, with one line that says why.
  *
  *   npm run bench                 all scenarios
  *   npm run bench -- --quick      1 KB, 10 sessions only
@@ -19,7 +21,7 @@
 import { spawn } from 'node:child_process';
 import { parseHostPort } from '@moat/config';
 import { Chain, freePort, postfixUnavailable, smtpSink, stopChild, waitForPort } from '@moat/testkit';
-import { cpuMs, latency, listenerPid, percentile, throughput } from './measure.js';
+import { cpuMs, latency, listenerPid, percentile, stepLatency, STEPS, throughput } from './measure.js';
 import { startPostfixPath, type PostfixPath, type PostfixRun } from './postfix.js';
 
 /**
@@ -231,6 +233,24 @@ async function benchChain(): Promise<void> {
               : '  (Postfix had not delivered everything within 30 s: its delivery overlapped the next run)\n'),
         );
       }
+      // where the time goes: each step of one session beside nine busy ones, chain and Postfix
+      const probe = { probes: quick ? 100 : 300, background: 9, sizeBytes: 1024 };
+      const paths: [string, number][] = [['chain', chain.ports.screen]];
+      if (postfix) paths.push(['Postfix', postfix.port]);
+      const lines: string[] = [];
+      for (const [name, port] of paths) {
+        const t = await stepLatency(port, probe);
+        lines.push(
+          `  ${name.padEnd(8)}${t.steps.map((v, k) => fmt(v, 2).padStart(STEPS[k]!.length + 2)).join('')}${fmt(t.whole, 1).padStart(9)}`,
+        );
+      }
+      process.stdout.write(
+        `where a session's time goes, ms at p50 from the previous reply (one session after another, ` +
+          `beside 9 smtp-source sessions):\n` +
+          `  ${''.padEnd(8)}${STEPS.map((s) => s.padStart(s.length + 2)).join('')}    whole\n` +
+          lines.join('\n') +
+          '\n',
+      );
       const bare = await bareSplice(sinkPort, {
         messages: 2000,
         sessions: 10,

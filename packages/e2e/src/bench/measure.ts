@@ -2,8 +2,10 @@
  * measure: the pieces of a benchmark run: smtp-source throughput runs, per-message latency probes with
  * our own client, and CPU time per process read from /proc, so a report can say where the time goes.
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import { message, SmtpClient, smtpSource } from '@moat/testkit';
+import net from 'node:net';
+import { message, SmtpClient, smtpSource, which } from '@moat/testkit';
 
 export interface ThroughputResult {
   messages: number;
@@ -63,6 +65,92 @@ export async function latency(
   };
   await Promise.all(Array.from({ length: o.concurrency }, worker));
   return samples.sort((a, b) => a - b);
+}
+
+/** The steps of one SMTP session, each timed from the previous reply to its own. */
+export const STEPS = ['banner', 'EHLO', 'MAIL', 'RCPT', 'DATA (354)', 'end of data', 'QUIT'] as const;
+
+/** One session in lock-step, as smtp-source talks: milliseconds per step (STEPS). */
+function timedSession(port: number, body: string): Promise<number[]> {
+  const script = [
+    'EHLO probe.remote.test',
+    'MAIL FROM:<bench@remote.test>',
+    'RCPT TO:<bench@example.test>',
+    'DATA',
+    `${body}.`,
+    'QUIT',
+  ];
+  return new Promise((resolve, reject) => {
+    const marks: number[] = [performance.now()];
+    const s = net.connect({ port, host: '127.0.0.1', noDelay: true });
+    let buf = '';
+    s.on('data', (d) => {
+      buf += d.toString('latin1');
+      for (let i = buf.indexOf('\r\n'); i !== -1; i = buf.indexOf('\r\n')) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        if (/^\d{3}-/.test(line)) continue;
+        marks.push(performance.now());
+        if (!/^[23]/.test(line)) {
+          s.destroy();
+          reject(new Error(`step probe: ${line}`));
+          return;
+        }
+        const next = script[marks.length - 2];
+        if (next !== undefined) s.write(`${next}\r\n`);
+      }
+    });
+    s.on('error', reject);
+    s.on('close', () => resolve(marks.slice(1).map((m, i) => m - marks[i]!)));
+  });
+}
+
+/**
+ * Where a session's time goes under load: `probes` sessions one after another, each step timed
+ * (STEPS), while smtp-source keeps `background` other sessions busy on the same port (bounded: it is
+ * stopped when the probes are done). Returns the p50 of each step and of the whole session.
+ */
+export async function stepLatency(
+  port: number,
+  o: { probes: number; background: number; sizeBytes: number },
+): Promise<{ steps: number[]; whole: number }> {
+  const bin = which('smtp-source');
+  if (!bin) throw new Error('smtp-source is not installed (Debian package postfix)');
+  const body = message({ body: ('x'.repeat(76) + '\r\n').repeat(Math.max(1, Math.floor(o.sizeBytes / 78))) });
+  const bg = spawn(
+    bin,
+    [
+      '-s',
+      String(o.background),
+      '-m',
+      '1000000',
+      '-l',
+      String(o.sizeBytes),
+      '-f',
+      'bench@remote.test',
+      '-t',
+      'bench@example.test',
+      `127.0.0.1:${port}`,
+    ],
+    { stdio: 'ignore' },
+  );
+  try {
+    await new Promise((r) => setTimeout(r, 1000)); // the background load under way
+    const runs: number[][] = [];
+    for (let i = 0; i < o.probes; i++) runs.push(await timedSession(port, body));
+    const p50 = (v: number[]) =>
+      percentile(
+        [...v].sort((a, b) => a - b),
+        50,
+      );
+    return {
+      steps: STEPS.map((_, k) => p50(runs.map((r) => r[k] ?? NaN))),
+      whole: p50(runs.map((r) => r.reduce((a, b) => a + b, 0))),
+    };
+  } finally {
+    bg.kill();
+    await new Promise((r) => bg.once('exit', r));
+  }
 }
 
 export function percentile(sorted: number[], p: number): number {

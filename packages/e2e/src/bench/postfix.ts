@@ -20,6 +20,8 @@ export interface PostfixRun {
 }
 
 export interface PostfixPath {
+  /** Its postscreen's port. */
+  readonly port: number;
   run(o: {
     messages: number;
     sessions: number;
@@ -61,6 +63,7 @@ export async function startPostfixPath(): Promise<PostfixPath> {
   const delivered = () => (fs.existsSync(inbox) ? fs.readdirSync(inbox).length : 0);
   let accepted = 0;
   return {
+    port,
     async run(o) {
       const master = pf.masterPid();
       if (master === undefined) throw new Error("Postfix's master is gone");
