@@ -15,11 +15,9 @@ export interface ThroughputResult {
   output: string;
 }
 
-export async function throughput(
-  port: number,
-  o: { messages: number; sessions: number; sizeBytes: number; perConnection: boolean },
-): Promise<ThroughputResult> {
-  const args = [
+/** smtp-source's arguments for `messages` of `sizeBytes` over `sessions`, one message per connection. */
+function sourceArgs(port: number, o: { messages: number; sessions: number; sizeBytes: number }): string[] {
+  return [
     '-s',
     String(o.sessions),
     '-m',
@@ -30,9 +28,17 @@ export async function throughput(
     'bench@remote.test',
     '-t',
     'bench@example.test',
+    `127.0.0.1:${port}`,
   ];
+}
+
+export async function throughput(
+  port: number,
+  o: { messages: number; sessions: number; sizeBytes: number; perConnection: boolean },
+): Promise<ThroughputResult> {
+  const args = sourceArgs(port, o);
   if (o.perConnection) args.unshift('-d');
-  const r = await smtpSource([...args, `127.0.0.1:${port}`], 120_000);
+  const r = await smtpSource(args, 120_000);
   return {
     messages: o.messages,
     ms: r.ms,
@@ -119,19 +125,7 @@ export async function stepLatency(
   const body = message({ body: ('x'.repeat(76) + '\r\n').repeat(Math.max(1, Math.floor(o.sizeBytes / 78))) });
   const bg = spawn(
     bin,
-    [
-      '-s',
-      String(o.background),
-      '-m',
-      '1000000',
-      '-l',
-      String(o.sizeBytes),
-      '-f',
-      'bench@remote.test',
-      '-t',
-      'bench@example.test',
-      `127.0.0.1:${port}`,
-    ],
+    sourceArgs(port, { messages: 1_000_000, sessions: o.background, sizeBytes: o.sizeBytes }),
     { stdio: 'ignore' },
   );
   try {
