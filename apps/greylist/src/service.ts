@@ -171,7 +171,7 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
         const received = hopReceived(tx, {
           hostname: config.hostname,
           service: 'greylist',
-          with: session.raw?.transmissionType || 'ESMTP',
+          with: client.proto,
         });
         const header = tx.state[X_GREYLIST] as string | undefined;
         const prefix = header ? Buffer.concat([received, Buffer.from(`${header}\r\n`, 'utf8')]) : received;

@@ -30,7 +30,7 @@ import { NetworkList, parseHostPort } from '@moat/config';
 import type { Logger } from '@moat/log';
 import { LineEndings, MessageTooBig } from './line-endings.js';
 import type { Address, DataInfo, HopSession, Listener, ListenerOptions, Transaction } from './listener.js';
-import { type ClientInfo, newQueueId } from './received.js';
+import { type ClientInfo, forwardedClient, newQueueId, UNAVAILABLE } from './received.js';
 import { formatReply, guarded, listenerReplies, type Reply } from './replies.js';
 
 const LF = 0x0a;
@@ -42,7 +42,6 @@ const MAX_LINE = 4096;
 const MAX_PENDING = 256 * 1024;
 const MAX_UNRECOGNIZED = 10;
 const XFORWARD_KEYS = new Set(['NAME', 'ADDR', 'PORT', 'PROTO', 'HELO', 'IDENT', 'SOURCE']);
-const UNAVAILABLE = /^\[?(UNAVAILABLE|TEMPUNAVAIL)\]?$/i;
 // eslint-disable-next-line no-control-regex
 const CONTROL = /[\x00-\x1f\x7f]/;
 const HOSTNAME = /^(?:[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?\.?)+$|^\[(?:ipv6:)?[0-9a-f:.]+\]$/i;
@@ -215,19 +214,8 @@ class LeanConnection {
   }
 
   client(): ClientInfo {
-    const get = (k: string) => {
-      const v = this.#xforward.get(k);
-      return v === undefined || v === false || v === '' || UNAVAILABLE.test(v) ? undefined : v;
-    };
-    const name = get('NAME') ?? '';
-    return {
-      address: get('ADDR') ?? this.session.peer.address,
-      port: Number(get('PORT') ?? this.session.peer.port) || 0,
-      name: name && !name.startsWith('[') ? name : 'unknown',
-      helo: get('HELO') ?? this.#helo,
-      proto: get('PROTO') ?? this.#proto,
-      ident: get('IDENT'),
-    };
+    const peer = this.session.peer;
+    return forwardedClient(this.#xforward, { ...peer, helo: this.#helo, proto: this.#proto });
   }
 
   get idle(): boolean {

@@ -37,7 +37,7 @@ import {
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import { createLeanListener, refuseNotAPeer } from './lean.js';
 import { LineEndingNormalizer, MessageTooBig } from './line-endings.js';
-import { type ClientInfo, newQueueId } from './received.js';
+import { type ClientInfo, forwardedClient, newQueueId } from './received.js';
 import { guarded, listenerReplies, type Reply, SmtpError } from './replies.js';
 
 export type Address = SMTPServerAddress;
@@ -60,8 +60,6 @@ export interface HopSession {
   readonly peer: { address: string; port: number };
   readonly secure: boolean;
   client(): ClientInfo;
-  /** smtp-server's own session (the smtp-server engine only). */
-  readonly raw?: SMTPServerSession;
 }
 
 export interface DataInfo {
@@ -121,8 +119,6 @@ export interface ListenerOptions {
 }
 
 const ENHANCED = /^[245]\.\d{1,3}\.\d{1,3}(?: |$)/;
-
-const UNAVAILABLE = /^\[?(UNAVAILABLE|TEMPUNAVAIL)\]?$/i;
 
 interface ConnectionInternals {
   _server: HopServer;
@@ -249,36 +245,20 @@ export class HopServer extends SMTPServer {
   hopSession(raw: SMTPServerSession): HopSession {
     let s = this.#sessions.get(raw);
     if (!s) {
-      const internals = raw as SMTPServerSession & { xForward?: Map<string, string> };
+      const internals = raw as SMTPServerSession & { xForward?: Map<string, unknown> };
       s = {
         connectionId: raw.id,
         peer: { address: raw.remoteAddress, port: raw.remotePort },
         get secure() {
           return !!raw.secure;
         },
-        client: (): ClientInfo => {
-          const xf = internals.xForward ?? new Map<string, string>();
-          const get = (k: string) => {
-            const v = xf.get(k);
-            return v === undefined ||
-              v === null ||
-              (v as unknown) === false ||
-              v === '' ||
-              UNAVAILABLE.test(String(v))
-              ? undefined
-              : String(v);
-          };
-          const name = get('NAME') ?? '';
-          return {
+        client: (): ClientInfo =>
+          forwardedClient(internals.xForward, {
             address: raw.remoteAddress,
             port: Number(raw.remotePort) || 0,
-            name: name && !name.startsWith('[') ? name : 'unknown',
-            helo: get('HELO') ?? (raw.hostNameAppearsAs || ''),
-            proto: get('PROTO') ?? raw.transmissionType ?? 'SMTP',
-            ident: get('IDENT'),
-          };
-        },
-        raw,
+            helo: raw.hostNameAppearsAs || '',
+            proto: raw.transmissionType ?? 'SMTP',
+          }),
       };
       this.#sessions.set(raw, s);
     }

@@ -24,6 +24,35 @@ export interface ClientInfo {
   ident?: string | undefined;
 }
 
+/** XFORWARD's "no value" words, as Postfix sends them: [UNAVAILABLE] and [TEMPUNAVAIL]. */
+export const UNAVAILABLE = /^\[?(UNAVAILABLE|TEMPUNAVAIL)\]?$/i;
+
+/**
+ * The real client of a hop's session: the previous hop's XFORWARD attributes where it sent them, else
+ * what this hop saw itself (the socket's peer, or PROXY's client at the first hop). Both listener
+ * engines build it here.
+ */
+export function forwardedClient(
+  xforward: ReadonlyMap<string, unknown> | undefined,
+  seen: { address: string; port: number; helo: string; proto: string },
+): ClientInfo {
+  const get = (k: string): string | undefined => {
+    const v = xforward?.get(k);
+    if (v === undefined || v === null || v === false || v === '') return undefined;
+    const text = String(v);
+    return UNAVAILABLE.test(text) ? undefined : text;
+  };
+  const name = get('NAME') ?? '';
+  return {
+    address: get('ADDR') ?? seen.address,
+    port: Number(get('PORT') ?? seen.port) || 0,
+    name: name && !name.startsWith('[') ? name : 'unknown',
+    helo: get('HELO') ?? seen.helo,
+    proto: get('PROTO') ?? seen.proto,
+    ident: get('IDENT'),
+  };
+}
+
 let counter = crypto.randomInt(0, 36 ** 3);
 
 /** A 12-character id, time-ordered, unique across processes with high probability: 0MH2K1XQ7A3F. */
