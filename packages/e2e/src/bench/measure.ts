@@ -142,8 +142,12 @@ export async function stepLatency(
       whole: p50(runs.map((r) => r.reduce((a, b) => a + b, 0))),
     };
   } finally {
-    bg.kill();
-    await new Promise((r) => bg.once('exit', r));
+    // it may have ended on its own (a fatal error): then its exit has already been and gone
+    if (bg.exitCode === null && bg.signalCode === null) {
+      const exited = new Promise((r) => bg.once('exit', r));
+      bg.kill();
+      await exited;
+    }
   }
 }
 
