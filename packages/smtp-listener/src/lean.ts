@@ -88,7 +88,6 @@ class Body extends Readable {
 }
 
 interface DataPhase {
-  tx: Transaction;
   body: Body;
   rule: LineEndings;
   bytes: number;
@@ -157,11 +156,12 @@ function flushTurn(): void {
   for (const c of list) c.flush();
 }
 
-let connections = 0;
+/** Numbers the sessions of this process, for their ids. */
+let sessions = 0;
 
 class LeanConnection {
   readonly session: HopSession;
-  readonly #id = `lean${(++connections).toString(36)}`;
+  readonly #id = `lean${(++sessions).toString(36)}`;
   #out = '';
   #endAfterFlush = false;
   #pending: Buffer | undefined;
@@ -475,7 +475,6 @@ class LeanConnection {
     this.#tx = undefined;
     this.#send(R.goAhead);
     const d: DataPhase = {
-      tx,
       body: new Body(() => this.#wanted()),
       rule: new LineEndings(),
       bytes: 0,
