@@ -374,6 +374,151 @@ describe('the lean listener (internal hops)', () => {
   });
 });
 
+describe('BDAT (RFC 3030) on the lean listener', () => {
+  const ENVELOPE = 'EHLO hop.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<b@example.test>\r\n';
+
+  it('offers CHUNKING, and answers an envelope with BDAT LAST in one write, after the handler', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const { port, got } = await start({
+      async data(body, tx) {
+        got.bodies.push(await read(body));
+        await gate;
+        return reply(250, '2.0.0', `Ok: queued as ${tx.id}`);
+      },
+    });
+    const c = new Client(port);
+    c.write('EHLO hop.test\r\n');
+    await c.replies(2);
+    expect(c.lines).toContain('250-CHUNKING');
+    const before = c.reads.length;
+    const msg = 'Subject: hi\r\n\r\n.leading dot stays\r\nno final line ending';
+    c.write(`MAIL FROM:<a@remote.test>\r\nRCPT TO:<b@example.test>\r\nBDAT ${msg.length} LAST\r\n${msg}`);
+    await tick();
+    // the replies wait for the handler: none has left yet
+    expect(c.reads.length).toBe(before);
+    release();
+    const r = await c.replies(5);
+    expect(r.slice(2)).toEqual([
+      '250 2.1.0 Accepted',
+      '250 2.1.5 Accepted',
+      expect.stringMatching(/^250 2\.0\.0 Ok: queued as \w{12}$/),
+    ]);
+    expect(c.reads.length - before).toBe(1);
+    // no dot-unstuffing, and a CRLF at the end as DATA's end gives
+    expect(got.bodies[0]!.toString()).toBe(`${msg}\r\n`);
+    c.socket.destroy();
+  });
+
+  it('takes chunks with commands between them, and applies the line-ending rule across them', async () => {
+    const { port, got } = await start();
+    const c = new Client(port);
+    c.write(`${ENVELOPE}BDAT 7\r\nA\r\nx\n.\r`);
+    expect((await c.replies(5))[4]).toBe('250 2.0.0 OK: 7 octets received');
+    c.write('NOOP\r\nBDAT 4\r\n\nB\r\nBDAT 0 LAST\r\n');
+    const r = await c.replies(8);
+    expect(r.slice(5, 7)).toEqual(['250 2.0.0 OK', '250 2.0.0 OK: 4 octets received']);
+    expect(r[7]).toMatch(/^250 2\.0\.0 Ok: queued as /);
+    // bare LF and the CR split from its LF became CRLF: the "." line is inside the message
+    expect(got.bodies[0]!.toString()).toBe('A\r\nx\r\n.\r\nB\r\n');
+    c.socket.destroy();
+  });
+
+  it('reads and drops the bytes of a refused chunk, so they are never taken as commands', async () => {
+    const { port, got } = await start();
+    const c = new Client(port);
+    const smuggled = 'RSET\r\nMAIL FROM:<evil@remote.test>\r\n';
+    c.write(`EHLO hop.test\r\nBDAT ${smuggled.length} LAST\r\n${smuggled}NOOP\r\n`);
+    expect((await c.replies(4)).slice(2)).toEqual(['503 5.5.1 Error: need MAIL command', '250 2.0.0 OK']);
+    c.write(`MAIL FROM:<a@remote.test>\r\nBDAT ${smuggled.length} LAST\r\n${smuggled}NOOP\r\n`);
+    expect((await c.replies(7)).slice(4)).toEqual([
+      '250 2.1.0 Accepted',
+      '503 5.5.1 Error: need RCPT command',
+      '250 2.0.0 OK',
+    ]);
+    expect(got.bodies).toEqual([]);
+    c.socket.destroy();
+  });
+
+  it('ends the session on a BDAT count it cannot read (the chunk has no known end)', async () => {
+    const { port } = await start();
+    const c = new Client(port);
+    c.write(`${ENVELOPE}BDAT ten LAST\r\nMAIL FROM:<x@remote.test>\r\n`);
+    await c.ended();
+    expect(c.lines.at(-1)).toBe('501 5.5.4 Error: Syntax: BDAT count [LAST]');
+  });
+
+  it('keeps DATA and other commands out of a chunked transaction; RSET ends it and fails its body', async () => {
+    let failure: unknown;
+    const { port, got } = await start({
+      async data(body) {
+        try {
+          got.bodies.push(await read(body));
+        } catch (err) {
+          failure = err;
+        }
+        return reply(250, '2.0.0', 'Ok');
+      },
+    });
+    const c = new Client(port);
+    c.write(`${ENVELOPE}BDAT 3\r\nabcDATA\r\nRCPT TO:<c@example.test>\r\nMAIL FROM:<>\r\nRSET\r\n`);
+    const r = await c.replies(9);
+    expect(r.slice(4)).toEqual([
+      '250 2.0.0 OK: 3 octets received',
+      '503 5.5.1 Error: BDAT transaction in progress',
+      '503 5.5.1 Error: BDAT transaction in progress',
+      '503 5.5.1 Error: nested MAIL command',
+      '250 2.0.0 Flushed',
+    ]);
+    await tick();
+    expect(failure).toBeInstanceOf(Error);
+    expect(got.bodies).toEqual([]);
+    // a new transaction goes through
+    c.write('MAIL FROM:<>\r\nRCPT TO:<b@example.test>\r\nBDAT 4 LAST\r\nxyz\n');
+    expect((await c.replies(12))[11]).toBe('250 2.0.0 Ok');
+    expect(got.bodies[0]!.toString()).toBe('xyz\r\n');
+    c.socket.destroy();
+  });
+
+  it('stops chunks past the size limit with 552 5.3.4 and keeps the session', async () => {
+    const { port } = await start({}, { messageSizeLimit: 1000 });
+    const c = new Client(port);
+    const chunk = 'x'.repeat(600);
+    c.write(`${ENVELOPE}BDAT 600\r\n${chunk}BDAT 600\r\n${chunk}BDAT 0 LAST\r\nNOOP\r\n`);
+    const r = await c.replies(8);
+    expect(r.slice(4)).toEqual([
+      '250 2.0.0 OK: 600 octets received',
+      '552 5.3.4 Message size exceeds fixed limit',
+      '552 5.3.4 Message size exceeds fixed limit',
+      '250 2.0.0 OK',
+    ]);
+    c.socket.destroy();
+  });
+
+  it('fails the body when the client goes away in the middle of a chunk', async () => {
+    let failure: unknown;
+    let called!: () => void;
+    const done = new Promise<void>((r) => (called = r));
+    const { port } = await start({
+      async data(body) {
+        try {
+          await read(body);
+        } catch (err) {
+          failure = err;
+        }
+        called();
+        return reply(250, '2.0.0', 'Ok');
+      },
+    });
+    const c = new Client(port);
+    c.write(`${ENVELOPE}BDAT 100 LAST\r\nonly part of it`);
+    await c.replies(4);
+    c.socket.destroy();
+    await done;
+    expect(failure).toBeInstanceOf(Error);
+  });
+});
+
 describe('parsePath', () => {
   it('reads the address and its parameters', () => {
     expect(parsePath('FROM:<a@b.test> SIZE=10 SMTPUTF8', 'FROM')).toEqual({

@@ -21,6 +21,15 @@
  * those of smtp-server as our listener sent them, so the engines are interchangeable; the listener
  * tests run against both. No STARTTLS, no AUTH, no PROXY: an internal port is limited to its peers.
  *
+ * It also offers CHUNKING (RFC 3030 BDAT, which smtp-server lacks), which our relay client uses between
+ * our own hops: the envelope, "BDAT n LAST" and the message go in one write, and the replies to all of
+ * them are held until the handler's final one, so a message costs each side one write and one read
+ * instead of two (with DATA the client must wait for the 354). Measured in the chain (goal row, two
+ * alternating pairs): about 5% more messages per second and about 7% less CPU in filter. A chunk's bytes
+ * are always read to their count, also when the BDAT is refused, so they are never taken as commands;
+ * a count that cannot be read ends the session. The line-ending rule applies to chunks as to DATA, and
+ * a message not ending in a line ending gets a CRLF, as the end of DATA gives it one.
+ *
  * DATA follows the same rules as smtp-server: it ends only on CRLF.CRLF, a dot at the start of any
  * line is removed (dot-unstuffing), and then the one line-ending rule (line-endings.ts) applies.
  */
@@ -36,6 +45,7 @@ import { formatReply, guarded, listenerReplies, type Reply } from './replies.js'
 const LF = 0x0a;
 const CR = 0x0d;
 const DOT = 0x2e;
+const CRLF = Buffer.from('\r\n');
 /** A command line longer than this is refused (RFC 5321 asks for 512; parameters make more). */
 const MAX_LINE = 4096;
 /** Input held while a command waits for its handler, before the socket is paused. */
@@ -74,6 +84,9 @@ const R = {
   tooManyUnrecognized: '421 4.4.2 Error: too many unrecognized commands',
   lineTooLong: '500 5.5.2 Error: line too long',
   timeout: '421 4.4.2 Timeout - closing connection',
+  bdatSyntax: '501 5.5.4 Error: Syntax: BDAT count [LAST]',
+  inChunking: '503 5.5.1 Error: BDAT transaction in progress',
+  chunkOk: (bytes: number) => `250 2.0.0 OK: ${bytes} octets received`,
   tooBigForSize: (limit: number) => `552 5.3.4 Error: message exceeds fixed maximum message size ${limit}`,
 } as const;
 
@@ -88,9 +101,13 @@ class Body extends Readable {
 }
 
 interface DataPhase {
+  /** Sent with BDAT chunks (RFC 3030): no dot-unstuffing, and commands come between the chunks. */
+  chunked: boolean;
   body: Body;
   rule: LineEndings;
   bytes: number;
+  /** The last byte taken (BDAT: a body not ending in a line ending gets a CRLF, as DATA's end gives). */
+  lastByte: number;
   tooBig: boolean;
   /** At the start of a line: a dot there is removed, or ends the data after a CRLF. */
   lineStart: boolean;
@@ -102,6 +119,15 @@ interface DataPhase {
   ended: boolean;
   /** The handler's reply, once it settled. */
   reply: Reply | undefined;
+}
+
+/** A BDAT chunk being read: its bytes are taken as they come, even when the command was refused. */
+interface Chunk {
+  size: number;
+  remaining: number;
+  last: boolean;
+  /** The command was refused: the bytes are read and dropped, then this is the reply. */
+  refused: string | undefined;
 }
 
 /** Parses "FROM:<a@b> K=V K2" (or "TO:..."): the address and its parameters, or undefined. */
@@ -163,6 +189,13 @@ class LeanConnection {
   readonly session: HopSession;
   readonly #id = `lean${(++sessions).toString(36)}`;
   #out = '';
+  #flushQueued = false;
+  /**
+   * Replies are held while a BDAT LAST waits for its handler: the replies to a pipelined envelope and
+   * the final one leave in one write (RFC 2920 lets a server hold replies while it is not waiting for
+   * input), so the sending hop reads once per message.
+   */
+  #hold = false;
   #endAfterFlush = false;
   #pending: Buffer | undefined;
   /** A command waits for its handler (or the data phase for its reply): input stays pending. */
@@ -178,6 +211,7 @@ class LeanConnection {
   readonly #xforward = new Map<string, string | false>();
   #tx: Transaction | undefined;
   #data: DataPhase | undefined;
+  #chunk: Chunk | undefined;
   /** The server is stopping: answer 421 at the next command, or now when idle. */
   #stopping = false;
 
@@ -239,11 +273,16 @@ class LeanConnection {
 
   #send(line: string): void {
     if (this.#closed) return;
-    if (!this.#out && toFlush.push(this) === 1) setImmediate(flushTurn);
+    if (!this.#flushQueued) {
+      this.#flushQueued = true;
+      if (toFlush.push(this) === 1) setImmediate(flushTurn);
+    }
     this.#out += line + '\r\n';
   }
 
   flush(): void {
+    this.#flushQueued = false;
+    if (this.#hold) return;
     const out = this.#out;
     this.#out = '';
     if (this.socket.destroyed) return;
@@ -254,6 +293,7 @@ class LeanConnection {
   /** A last reply, then the connection ends (after this turn's replies). */
   #fail(line: string): void {
     if (this.#closed) return;
+    this.#hold = false;
     this.#send(line);
     this.#endAfterFlush = true;
     this.#closed = true;
@@ -271,7 +311,11 @@ class LeanConnection {
 
   #process(): void {
     while (this.#pending && !this.#busy && !this.#closed) {
-      if (this.#data) {
+      if (this.#chunk) {
+        if (!this.#takeChunk()) break;
+        continue;
+      }
+      if (this.#data && !this.#data.chunked) {
         if (!this.#takeData()) break;
         continue;
       }
@@ -334,6 +378,12 @@ class LeanConnection {
     if (this.#stopping && this.idle && verb !== 'QUIT') {
       return this.#fail(formatReply(listenerReplies.shuttingDown()));
     }
+    if (this.#data?.chunked) {
+      // between BDAT chunks: more chunks, or the end of the transaction
+      if (verb === 'MAIL') return this.#send(R.nestedMail);
+      if (!['BDAT', 'RSET', 'QUIT', 'NOOP', 'EHLO', 'HELO'].includes(verb)) return this.#send(R.inChunking);
+      if (verb !== 'BDAT' && verb !== 'NOOP') this.#abortData(new Error('transaction reset during BDAT'));
+    }
     switch (verb) {
       case 'EHLO':
       case 'HELO':
@@ -344,6 +394,8 @@ class LeanConnection {
         return this.#rcpt(arg);
       case 'DATA':
         return this.#startData(arg);
+      case 'BDAT':
+        return this.#bdat(arg);
       case 'XFORWARD':
         return this.#xforwardCommand(arg);
       case 'RSET':
@@ -352,6 +404,7 @@ class LeanConnection {
       case 'NOOP':
         return this.#send(R.ok);
       case 'QUIT':
+        this.#abortData(new Error('QUIT during BDAT'));
         this.#reset('disconnect');
         this.#send(R.bye);
         this.#endAfterFlush = true;
@@ -375,7 +428,7 @@ class LeanConnection {
     this.#proto = verb === 'EHLO' ? 'ESMTP' : 'SMTP';
     const greeting = `${this.server.o.hostname} Nice to meet you, [${this.session.peer.address}]`;
     if (verb === 'HELO') return this.#send(`250 ${greeting}`);
-    const lines = [greeting, 'PIPELINING', '8BITMIME', 'SMTPUTF8', 'ENHANCEDSTATUSCODES', 'DSN'];
+    const lines = [greeting, 'PIPELINING', '8BITMIME', 'SMTPUTF8', 'ENHANCEDSTATUSCODES', 'DSN', 'CHUNKING'];
     lines.push(`SIZE ${this.server.o.messageSizeLimit}`);
     if (this.server.o.xforward) lines.push('XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE');
     this.#send(formatReply({ code: 250, lines }));
@@ -471,13 +524,20 @@ class LeanConnection {
     if (!tx) return this.#send(R.needMail);
     if (arg) return this.#send(R.badParameter);
     if (!tx.rcptTo.length) return this.#send(R.needRcpt);
+    this.#send(R.goAhead);
+    this.#openData(tx, false);
+  }
+
+  /** Hands the transaction to the data handler, whose reply ends it (DATA, or the first BDAT). */
+  #openData(tx: Transaction, chunked: boolean): DataPhase {
     // from here on the data handler alone owns the transaction (a disconnect shows as a body error)
     this.#tx = undefined;
-    this.#send(R.goAhead);
     const d: DataPhase = {
+      chunked,
       body: new Body(() => this.#wanted()),
       rule: new LineEndings(),
       bytes: 0,
+      lastByte: LF,
       tooBig: false,
       lineStart: true,
       prevCrlf: true,
@@ -493,6 +553,69 @@ class LeanConnection {
       d.reply = r ?? listenerReplies.internalError();
       this.#finishData(d);
     });
+    return d;
+  }
+
+  /**
+   * BDAT (RFC 3030): the chunk's bytes are read whatever the answer, so a refused chunk is never read
+   * as commands; only a count that cannot be read ends the session (nothing tells where the chunk ends).
+   */
+  #bdat(arg: string): void {
+    const m = /^(\d{1,15})(?:\s+(LAST))?$/i.exec(arg);
+    if (!m) return this.#fail(R.bdatSyntax);
+    const size = Number(m[1]);
+    const chunk: Chunk = { size, remaining: size, last: !!m[2], refused: undefined };
+    this.#chunk = chunk;
+    if (!this.#data) {
+      const tx = this.#tx;
+      if (!this.#helo) chunk.refused = R.heloFirst;
+      else if (!tx) chunk.refused = R.needMail;
+      else if (!tx.rcptTo.length) chunk.refused = R.needRcpt;
+      else this.#openData(tx, true);
+    }
+    if (!size) this.#chunkDone(chunk);
+  }
+
+  /** Takes the current chunk's bytes from #pending; true when the chunk is complete. */
+  #takeChunk(): boolean {
+    const c = this.#chunk!;
+    const buf = this.#pending!;
+    const take = Math.min(c.remaining, buf.length);
+    c.remaining -= take;
+    this.#pending = take < buf.length ? buf.subarray(take) : undefined;
+    const d = this.#data;
+    if (!c.refused && d) this.#bodyBytes(d, take < buf.length ? buf.subarray(0, take) : buf);
+    if (c.remaining > 0) return false;
+    this.#chunkDone(c);
+    return true;
+  }
+
+  #chunkDone(c: Chunk): void {
+    this.#chunk = undefined;
+    if (c.refused) return this.#send(c.refused);
+    const d = this.#data;
+    if (!d) return;
+    if (!c.last) {
+      if (d.tooBig) return this.#send(formatReply(listenerReplies.messageTooBig()));
+      if (d.reply && d.reply.code >= 400) return this.#send(formatReply(d.reply));
+      return this.#send(R.chunkOk(c.size));
+    }
+    // a body that does not end with CRLF gets one, as the end of DATA gives it
+    if (d.lastByte !== LF && d.lastByte !== CR) this.#bodyBytes(d, CRLF);
+    this.#hold = true;
+    this.#endData(d);
+  }
+
+  /** The message is complete (CRLF.CRLF, or BDAT LAST): its body ends, and input waits for the reply. */
+  #endData(d: DataPhase): void {
+    d.ended = true;
+    if (!d.tooBig && d.reply === undefined) {
+      const last = d.rule.flush();
+      if (last) d.body.push(last);
+      d.body.push(null);
+    }
+    this.#busy = true;
+    this.#finishData(d);
   }
 
   /** The body reader wants more: resume a socket that backpressure paused. */
@@ -544,20 +667,13 @@ class LeanConnection {
     if (!ended && p > from) this.#bodyBytes(d, buf.subarray(from, p));
     this.#pending = p < buf.length ? buf.subarray(p) : undefined;
     if (!ended) return false;
-    d.ended = true;
-    if (!d.tooBig && d.reply === undefined) {
-      const last = d.rule.flush();
-      if (last) d.body.push(last);
-      d.body.push(null);
-    }
-    // the reply goes out once the handler settled; input waits for it
-    this.#busy = true;
-    this.#finishData(d);
+    this.#endData(d);
     return false;
   }
 
   #bodyBytes(d: DataPhase, chunk: Buffer): void {
     d.bytes += chunk.length;
+    if (chunk.length) d.lastByte = chunk[chunk.length - 1]!;
     // past the size limit, or once the handler gave its answer, the rest is only read to the end
     if (d.tooBig || d.reply !== undefined) return;
     const limit = this.server.o.messageSizeLimit;
@@ -576,6 +692,7 @@ class LeanConnection {
     if (!d.ended || d.reply === undefined || this.#closed || this.#data !== d) return;
     this.#data = undefined;
     this.#busy = false;
+    this.#hold = false;
     // past the size limit the reply is ours, whatever the handler made of its failed stream
     const final = d.tooBig ? listenerReplies.messageTooBig() : d.reply;
     this.#send(formatReply(final));

@@ -29,6 +29,8 @@ export class RelayError extends Error {
 
 export interface Capabilities {
   pipelining: boolean;
+  /** BDAT (RFC 3030). */
+  chunking: boolean;
   eightBitMime: boolean;
   smtpUtf8: boolean;
   dsn: boolean;
@@ -57,6 +59,7 @@ export class RelayConnection {
   #dead: Error | undefined;
   caps: Capabilities = {
     pipelining: false,
+    chunking: false,
     eightBitMime: false,
     smtpUtf8: false,
     dsn: false,
@@ -170,6 +173,21 @@ export class RelayConnection {
     return replies;
   }
 
+  /**
+   * Commands and then raw bytes (a BDAT chunk after its command) in one write; one reply per command.
+   * `written` resolves when the socket can take more (see write).
+   */
+  pipelineWith(
+    lines: string[],
+    data: readonly Buffer[],
+    timeoutMs = this.options.timeoutMs,
+  ): { replies: Promise<Reply>[]; written: Promise<void> } {
+    const replies = lines.map(() => this.expect(timeoutMs));
+    for (const r of replies) r.catch(() => undefined);
+    const written = this.write(Buffer.concat([Buffer.from(lines.join('\r\n') + '\r\n'), ...data]));
+    return { replies, written };
+  }
+
   /** Writes raw bytes, resolving when the socket can take more (backpressure), bounded by the timeout. */
   write(data: Buffer): Promise<void> {
     if (this.#dead) return Promise.reject(this.#dead);
@@ -252,6 +270,7 @@ export class RelayConnection {
 export function parseCapabilities(lines: string[]): Capabilities {
   const caps: Capabilities = {
     pipelining: false,
+    chunking: false,
     eightBitMime: false,
     smtpUtf8: false,
     dsn: false,
@@ -264,6 +283,9 @@ export function parseCapabilities(lines: string[]): Capabilities {
     switch (kw.toUpperCase()) {
       case 'PIPELINING':
         caps.pipelining = true;
+        break;
+      case 'CHUNKING':
+        caps.chunking = true;
         break;
       case '8BITMIME':
         caps.eightBitMime = true;

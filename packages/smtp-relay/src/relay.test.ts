@@ -2,12 +2,24 @@ import net from 'node:net';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { silentLogger } from '@moat/log';
+import { createListener, type Listener, reply } from '@moat/smtp-listener';
 import { ScriptedServer } from '@moat/testkit';
 import { DotStuffer } from './dot-stuff.js';
 import { RelayPool } from './pool.js';
 import { ReplyParser } from './reply-parser.js';
 import { RelayTransaction } from './transaction.js';
 import { xforwardCommands } from './xforward.js';
+
+const poolTo = (port: number, name: string) =>
+  new RelayPool({
+    name,
+    targets: [`127.0.0.1:${port}`],
+    ehloName: 'mx.example.test',
+    connectTimeoutMs: 2000,
+    timeoutMs: 2000,
+    maxIdle: 4,
+    logger: silentLogger(),
+  });
 
 const client = {
   address: '192.0.2.7',
@@ -67,15 +79,7 @@ describe('RelayTransaction against a next hop', () => {
   let pool: RelayPool;
   beforeAll(async () => {
     server = await ScriptedServer.start();
-    pool = new RelayPool({
-      name: 'next',
-      targets: [`127.0.0.1:${server.port}`],
-      ehloName: 'mx.example.test',
-      connectTimeoutMs: 2000,
-      timeoutMs: 2000,
-      maxIdle: 4,
-      logger: silentLogger(),
-    });
+    pool = poolTo(server.port, 'next');
   });
   afterAll(async () => {
     pool.close();
@@ -149,6 +153,202 @@ describe('RelayTransaction against a next hop', () => {
       expect(server.messages.some((m) => m.includes('never sent'))).toBe(false);
     } finally {
       server.script = {};
+    }
+  });
+});
+
+describe('RelayTransaction with CHUNKING (BDAT, RFC 3030) against our lean listener', () => {
+  let listener: Listener;
+  let pool: RelayPool;
+  const bodies: Buffer[] = [];
+  const failures: Error[] = [];
+  let connects = 0;
+  const env = (...rcpt: string[]) => ({
+    mailFrom: { address: 'a@remote.test', args: {} },
+    rcptTo: rcpt.map((address) => ({ address, args: {} })),
+  });
+  beforeAll(async () => {
+    listener = await createListener({
+      engine: 'lean',
+      service: 'next',
+      hostname: 'next.example.test',
+      listen: '127.0.0.1:0',
+      peers: ['127.0.0.1/32'],
+      xforward: true,
+      messageSizeLimit: 10 * 1024 * 1024,
+      logger: silentLogger(),
+      handlers: {
+        connect() {
+          connects++;
+          return Promise.resolve(undefined);
+        },
+        rcptTo(rcpt) {
+          return Promise.resolve(
+            rcpt.address.startsWith('unknown')
+              ? reply(550, '5.1.1', `<${rcpt.address}>: Recipient address rejected`)
+              : undefined,
+          );
+        },
+        async data(body, tx) {
+          const parts: Buffer[] = [];
+          try {
+            for await (const c of body) parts.push(c as Buffer);
+          } catch (err) {
+            failures.push(err as Error);
+            throw err;
+          }
+          bodies.push(Buffer.concat(parts));
+          return reply(250, '2.0.0', `Ok: queued as ${tx.id}`);
+        },
+      },
+    });
+    pool = poolTo(listener.address.port, 'next');
+  });
+  afterAll(async () => {
+    pool.close();
+    await listener.close();
+  });
+
+  it('sends a one-recipient message as envelope + BDAT LAST + body in one write, exactly as given', async () => {
+    const write = vi.spyOn(net.Socket.prototype, 'write');
+    try {
+      const r = await RelayTransaction.send(
+        pool,
+        client,
+        env('b@example.test'),
+        () => Readable.from([Buffer.from('Subject: x\r\n\r\n'), Buffer.from('.dot\r\nno line ending')]),
+        Buffer.from('Received: from test\r\n'),
+      );
+      expect(r.code).toBe(250);
+      expect(r.lines[0]).toMatch(/^2\.0\.0 Ok: queued as /);
+      const msg = 'Received: from test\r\nSubject: x\r\n\r\n.dot\r\nno line ending\r\n';
+      // no dot-stuffing, the CRLF DATA's end would give, and one write for the whole transaction
+      expect(bodies.at(-1)!.toString()).toBe(msg);
+      const writes = write.mock.calls.map((c) => c[0]).filter((d) => Buffer.isBuffer(d)) as Buffer[];
+      const tx = writes.filter((w) => w.includes('MAIL FROM:<a@remote.test>'));
+      expect(tx).toHaveLength(1);
+      expect(tx[0]!.toString()).toMatch(
+        new RegExp(`RCPT TO:<b@example\\.test>\\r\\nBDAT ${msg.length} LAST\\r\\n[^]*no line ending\\r\\n$`),
+      );
+    } finally {
+      write.mockRestore();
+    }
+  });
+
+  it('sends a large body in 64 KB chunks, intact, and reuses the connection', async () => {
+    const before = connects;
+    const line = 'y'.repeat(98) + '\r\n';
+    const body = Buffer.from(line.repeat(3000)); // 300 KB
+    const pieces = Array.from({ length: 300 }, (_, i) => body.subarray(i * 1000, (i + 1) * 1000));
+    const r = await RelayTransaction.send(pool, client, env('b@example.test'), () => Readable.from(pieces));
+    expect(r.code).toBe(250);
+    expect(bodies.at(-1)!.equals(body)).toBe(true);
+    const r2 = await RelayTransaction.send(pool, client, env('c@example.test', 'd@example.test'), () =>
+      Readable.from([Buffer.from('two recipients\r\n')]),
+    );
+    expect(r2.code).toBe(250);
+    expect(bodies.at(-1)!.toString()).toBe('two recipients\r\n');
+    expect(connects - before).toBeLessThanOrEqual(1);
+  });
+
+  it('gives the refusal when every recipient is refused, and the next hop gets nothing', async () => {
+    const n = bodies.length;
+    const r = await RelayTransaction.send(pool, client, env('unknown@example.test'), () =>
+      Readable.from([Buffer.from('never delivered\r\n')]),
+    );
+    expect(r).toEqual({ code: 550, lines: ['5.1.1 <unknown@example.test>: Recipient address rejected'] });
+    expect(bodies.length).toBe(n);
+  });
+
+  it('with some recipients refused, answers 451 4.3.0 and never sends the last chunk', async () => {
+    const n = bodies.length;
+    const f = failures.length;
+    const r = await RelayTransaction.send(pool, client, env('b@example.test', 'unknown@example.test'), () =>
+      Readable.from([Buffer.from('for b only would be wrong\r\n')]),
+    );
+    expect(r).toEqual({
+      code: 451,
+      lines: ['4.3.0 Error: next hop refused some recipients, try again later'],
+    });
+    await new Promise((res) => setTimeout(res, 50));
+    expect(bodies.length).toBe(n);
+    // the next hop saw the transaction end without its last chunk
+    expect(failures.length).toBe(f + 1);
+  });
+
+  it('aborts without a last chunk when our own body fails after the first chunk', async () => {
+    const n = bodies.length;
+    const f = failures.length;
+    async function* failing(): AsyncGenerator<Buffer> {
+      yield Buffer.alloc(70 * 1024, 0x61);
+      await new Promise((res) => setTimeout(res, 20));
+      throw new Error('client went away');
+    }
+    await expect(RelayTransaction.send(pool, client, env('b@example.test'), failing)).rejects.toThrow(
+      'client went away',
+    );
+    await new Promise((res) => setTimeout(res, 50));
+    expect(bodies.length).toBe(n);
+    expect(failures.length).toBe(f + 1);
+  });
+});
+
+describe('RelayTransaction with CHUNKING on a pooled connection that is gone', () => {
+  it('sends the transaction again on a fresh connection, body intact', async () => {
+    // a next hop whose first connection dies on its second transaction, unanswered
+    const received: string[] = [];
+    let conns = 0;
+    const server = net.createServer((s) => {
+      const n = ++conns;
+      let txs = 0;
+      let buf = Buffer.alloc(0);
+      s.write('220 raw.test ESMTP\r\n');
+      s.on('error', () => undefined);
+      s.on('data', (d: Buffer) => {
+        buf = Buffer.concat([buf, d]);
+        for (;;) {
+          const text = buf.toString('latin1');
+          if (text.startsWith('EHLO')) {
+            s.write('250-raw.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n');
+            buf = buf.subarray(text.indexOf('\r\n') + 2);
+            continue;
+          }
+          const m = /BDAT (\d+) LAST\r\n/.exec(text);
+          if (!m) return;
+          const start = m.index + m[0].length;
+          if (buf.length < start + Number(m[1])) return;
+          if (n === 1 && ++txs === 2) {
+            s.destroy();
+            return;
+          }
+          const commands = text.slice(0, m.index).split('\r\n').filter(Boolean).length;
+          received.push(buf.subarray(start, start + Number(m[1])).toString());
+          s.write('250 ok\r\n'.repeat(commands) + '250 2.0.0 Ok: queued\r\n');
+          buf = buf.subarray(start + Number(m[1]));
+        }
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const pool = poolTo((server.address() as net.AddressInfo).port, 'raw');
+    const env = {
+      mailFrom: { address: 'a@remote.test', args: {} },
+      rcptTo: [{ address: 'b@example.test', args: {} }],
+    };
+    try {
+      const one = await RelayTransaction.send(pool, client, env, () =>
+        Readable.from([Buffer.from('one\r\n')]),
+      );
+      expect(one.code).toBe(250);
+      // the body is a stream: it can be read only once, so the retry must use what was read
+      const two = await RelayTransaction.send(pool, client, env, () =>
+        Readable.from([Buffer.from('two\r\n')]),
+      );
+      expect(two).toEqual({ code: 250, lines: ['2.0.0 Ok: queued'] });
+      expect(received).toEqual(['one\r\n', 'two\r\n']);
+      expect(conns).toBe(2);
+    } finally {
+      pool.close();
+      server.close();
     }
   });
 });

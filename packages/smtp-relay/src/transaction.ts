@@ -7,6 +7,11 @@
  * PIPELINING; the body dot-stuffed and written in large chunks, the final dot in the same write as the
  * last chunk; the next hop's exact reply handed back; RSET after a refusal, a fresh connection after any
  * failure, and the connection destroyed (no final dot) when a transaction is aborted mid-DATA.
+ *
+ * Where the next hop offers CHUNKING and PIPELINING (our own lean listener), BDAT instead of DATA
+ * (#sendChunked): no 354 to wait for, so a small message with one recipient is one write and one read.
+ * The same rules hold: the connection is destroyed, without a last chunk, when a transaction is
+ * aborted, and a next hop refusing some recipients never gets the last chunk.
  */
 import type { Readable } from 'node:stream';
 import type { Logger } from '@moat/log';
@@ -42,6 +47,58 @@ function rcptCommand(to: Address, conn: RelayConnection): string {
 }
 
 type State = 'open' | 'mail' | 'data' | 'done';
+
+/** A BDAT chunk is sent once this much of the body is at hand (or the body ended). */
+const CHUNK_BYTES = 64 * 1024;
+const CR = 0x0d;
+const LF = 0x0a;
+const CRLF = Buffer.from('\r\n');
+
+/**
+ * The body as BDAT chunks. The first chunk stays at hand until the next hop has answered it, so a
+ * transaction on a pooled connection that turns out to be gone can be sent again on a fresh one
+ * (the body stream itself cannot be read twice).
+ */
+class ChunkSource {
+  readonly #it: AsyncIterator<Buffer>;
+  #parts: Buffer[] = [];
+  #size = 0;
+  #total = 0;
+  #lastByte = LF;
+  ended = false;
+  /** The first chunk, kept for a second attempt until its replies came. */
+  first: { parts: Buffer[]; last: boolean } | undefined;
+
+  constructor(body: Readable | AsyncIterable<Buffer>, prefix: Buffer | undefined) {
+    this.#it = (body as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+    if (prefix?.length) this.#add(prefix);
+  }
+
+  #add(b: Buffer): void {
+    this.#parts.push(b);
+    this.#size += b.length;
+    this.#total += b.length;
+    this.#lastByte = b[b.length - 1]!;
+  }
+
+  /** The next chunk: CHUNK_BYTES, or what is left once the body ended (with a final CRLF if it lacks one). */
+  async next(): Promise<Buffer[]> {
+    while (!this.ended && this.#size < CHUNK_BYTES) {
+      const r = await this.#it.next();
+      if (r.done) this.ended = true;
+      else if (r.value.length) this.#add(r.value);
+    }
+    // as DATA's end does: the message ends with a line ending
+    if (this.ended && this.#total && this.#lastByte !== LF && this.#lastByte !== CR) this.#add(CRLF);
+    const parts = this.#parts;
+    this.#parts = [];
+    this.#size = 0;
+    return parts;
+  }
+}
+
+const bdat = (parts: readonly Buffer[], last: boolean) =>
+  `BDAT ${parts.reduce((n, b) => n + b.length, 0)}${last ? ' LAST' : ''}`;
 
 /**
  * A pooled connection held for a transaction whose commands all go at DATA (greylist): taking it at
@@ -130,19 +187,25 @@ export class RelayTransaction {
     prefix?: Buffer,
     reserved?: Reservation,
   ): Promise<Reply> {
+    let chunks: ChunkSource | undefined;
+    const source = () => (chunks ??= new ChunkSource(body(), prefix));
     for (let attempt = 0; ; attempt++) {
       const { conn, reused } = attempt === 0 && reserved ? reserved : await pool.acquire(attempt > 0);
       const tx = new RelayTransaction(pool, conn, pool.options.logger);
       try {
-        return await tx.#sendAll(client, envelope, body, prefix);
+        return await tx.#sendAll(client, envelope, body, prefix, source);
       } catch (err) {
         conn.destroy();
+        // a pooled connection that was gone: once more on a fresh one, if nothing of the body is lost.
+        // With BDAT that includes a first chunk still unanswered: a next hop that closed the connection
+        // never read it (one that took it and then died before answering is SMTP's old window for a
+        // duplicate, which a 451 to our client would open just the same)
         if (
           reused &&
           attempt === 0 &&
           err instanceof RelayError &&
           err.kind === 'lost' &&
-          tx.#state !== 'data'
+          (tx.#state !== 'data' || tx.#firstChunkOnly)
         )
           continue;
         throw err;
@@ -154,7 +217,8 @@ export class RelayTransaction {
     client: ClientInfo,
     envelope: Envelope,
     body: () => Readable | AsyncIterable<Buffer>,
-    prefix?: Buffer,
+    prefix: Buffer | undefined,
+    chunks: () => ChunkSource,
   ): Promise<Reply> {
     const conn = this.conn;
     const head = [
@@ -162,6 +226,8 @@ export class RelayTransaction {
       mailCommand(envelope.mailFrom, conn),
       ...envelope.rcptTo.map((r) => rcptCommand(r, conn)),
     ];
+    const nx = head.length - envelope.rcptTo.length - 1;
+    if (conn.caps.chunking && conn.caps.pipelining) return this.#sendChunked(head, nx, chunks());
     let replies: Reply[];
     let go: Reply;
     if (conn.caps.pipelining) {
@@ -180,37 +246,106 @@ export class RelayTransaction {
         ? await conn.command('DATA')
         : { code: 503, lines: ['5.5.1 not sent'] };
     }
-    const nx = head.length - envelope.rcptTo.length - 1;
-    for (const r of replies.slice(0, nx)) {
-      if (r.code !== 250)
-        throw new RelayError('protocol', `XFORWARD refused: ${r.code} ${r.lines.join(' / ')}`, conn.target);
-    }
-    const mail = replies[nx]!;
-    const rcpts = replies.slice(nx + 1);
     this.#state = 'mail';
-    if (mail.code >= 300) {
-      if (go.code === 354) return this.#abortData(mail);
+    const refusal = this.#refusal(replies, nx);
+    if (refusal) {
+      if (go.code === 354) return this.#abortData(refusal);
       this.#finish(true);
-      return mail;
-    }
-    const refused = rcpts.filter((r) => r.code >= 300);
-    if (refused.length) {
-      const answer = refused.length === rcpts.length ? refused[0]! : relayReplies.mixed();
-      if (refused.length < rcpts.length) {
-        this.logger.warn(
-          { next: conn.target, refused: refused.map((r) => `${r.code} ${r.lines[0]}`) },
-          'next hop refused some recipients',
-        );
-      }
-      if (go.code === 354) return this.#abortData(answer);
-      this.#finish(true);
-      return answer;
+      return refusal;
     }
     if (go.code !== 354) {
       this.#finish(true);
       return go;
     }
     return this.#body(body(), prefix);
+  }
+
+  /**
+   * The envelope's replies (XFORWARD..., MAIL, RCPT...): the refusal to give our client, or undefined
+   * when all were accepted. If the next hop refuses every recipient, its first refusal; if some but not
+   * all, 451 4.3.0 (one reply must cover all). A refused XFORWARD is a protocol error.
+   */
+  #refusal(replies: readonly Reply[], nx: number): Reply | undefined {
+    for (const r of replies.slice(0, nx)) {
+      if (r.code !== 250)
+        throw new RelayError('protocol', `XFORWARD refused: ${r.code} ${r.lines.join(' / ')}`, this.target);
+    }
+    const mail = replies[nx]!;
+    if (mail.code >= 300) return mail;
+    const rcpts = replies.slice(nx + 1);
+    const refused = rcpts.filter((r) => r.code >= 300);
+    if (!refused.length) return undefined;
+    if (refused.length === rcpts.length) return refused[0]!;
+    this.logger.warn(
+      { next: this.target, refused: refused.map((r) => `${r.code} ${r.lines[0]}`) },
+      'next hop refused some recipients',
+    );
+    return relayReplies.mixed();
+  }
+
+  /** Sent on the first chunk only, its replies not yet in: the transaction can go again elsewhere. */
+  #firstChunkOnly = false;
+
+  /**
+   * With CHUNKING (RFC 3030): the envelope and the first BDAT chunk in one write. A message that fits
+   * one chunk and has one recipient goes as BDAT LAST at once: one write and one read per message
+   * (the next hop holds its replies until the last). With several recipients the LAST waits for the
+   * envelope's replies, so that a next hop refusing some of them never gets the message for the others.
+   * Later chunks go without waiting; their replies are checked at the end.
+   */
+  async #sendChunked(head: string[], nx: number, source: ChunkSource): Promise<Reply> {
+    const conn = this.conn;
+    let parts: Buffer[];
+    try {
+      parts = source.first?.parts ?? (await source.next());
+    } catch (err) {
+      this.#abort('body failed');
+      throw err;
+    }
+    const single = nx + 2 === head.length;
+    const last = source.first?.last ?? (source.ended && single);
+    source.first = { parts, last };
+    this.#state = 'data';
+    this.#firstChunkOnly = true;
+    const first = conn.pipelineWith([...head, bdat(parts, last)], parts);
+    await first.written;
+    const replies = await Promise.all(first.replies);
+    this.#firstChunkOnly = false;
+    source.first = undefined;
+    const chunkReply = replies.pop()!;
+    const refusal = this.#refusal(replies, nx);
+    if (refusal) {
+      // with no recipient the chunk was refused too, and the server has at most MAIL to reset;
+      // otherwise it holds a chunk for some recipients: the connection goes
+      if (last) {
+        this.#state = 'mail';
+        this.#finish(true);
+      } else this.#abort('refused before the last chunk');
+      return refusal;
+    }
+    if (last || chunkReply.code >= 400) {
+      this.#finish(last && chunkReply.code !== 421);
+      return chunkReply;
+    }
+    const pending: Promise<Reply>[] = [];
+    for (let sent = false; !sent;) {
+      try {
+        parts = await source.next();
+      } catch (err) {
+        // the body failed on our side: the next hop never gets a last chunk
+        this.#abort('body failed');
+        throw err;
+      }
+      sent = source.ended;
+      const w = conn.pipelineWith([bdat(parts, sent)], parts);
+      pending.push(...w.replies);
+      await w.written;
+    }
+    const all = await Promise.all(pending);
+    const final = all.pop()!;
+    const failed = all.find((r) => r.code >= 400);
+    this.#finish(!failed && final.code !== 421);
+    return failed ?? final;
   }
 
   /** The server said 354 although we no longer want to send: drop the connection, no final dot. */
