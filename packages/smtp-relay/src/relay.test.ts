@@ -10,16 +10,21 @@ import { ReplyParser } from './reply-parser.js';
 import { RelayTransaction } from './transaction.js';
 import { xforwardCommands } from './xforward.js';
 
-const poolTo = (port: number, name: string) =>
+const poolTo = (name: string, ...ports: number[]) =>
   new RelayPool({
     name,
-    targets: [`127.0.0.1:${port}`],
+    targets: ports.map((port) => `127.0.0.1:${port}`),
     ehloName: 'mx.example.test',
     connectTimeoutMs: 2000,
     timeoutMs: 2000,
     maxIdle: 4,
     logger: silentLogger(),
   });
+
+const envelope = (...rcpt: string[]) => ({
+  mailFrom: { address: 'a@remote.test', args: {} },
+  rcptTo: rcpt.map((address) => ({ address, args: {} })),
+});
 
 const client = {
   address: '192.0.2.7',
@@ -79,7 +84,7 @@ describe('RelayTransaction against a next hop', () => {
   let pool: RelayPool;
   beforeAll(async () => {
     server = await ScriptedServer.start();
-    pool = poolTo(server.port, 'next');
+    pool = poolTo('next', server.port);
   });
   afterAll(async () => {
     pool.close();
@@ -127,10 +132,7 @@ describe('RelayTransaction against a next hop', () => {
   });
 
   it('reuses the pooled connection and replaces one the server closed', async () => {
-    const env = {
-      mailFrom: { address: 'a@remote.test', args: {} },
-      rcptTo: [{ address: 'b@example.test', args: {} }],
-    };
+    const env = envelope('b@example.test');
     const before = server.sessions.length;
     await RelayTransaction.send(pool, client, env, () => Readable.from([Buffer.from('a\r\n')]));
     await RelayTransaction.send(pool, client, env, () => Readable.from([Buffer.from('b\r\n')]));
@@ -163,10 +165,7 @@ describe('RelayTransaction with CHUNKING (BDAT, RFC 3030) against our lean liste
   const bodies: Buffer[] = [];
   const failures: Error[] = [];
   let connects = 0;
-  const env = (...rcpt: string[]) => ({
-    mailFrom: { address: 'a@remote.test', args: {} },
-    rcptTo: rcpt.map((address) => ({ address, args: {} })),
-  });
+  const env = envelope;
   beforeAll(async () => {
     listener = await createListener({
       engine: 'lean',
@@ -202,7 +201,7 @@ describe('RelayTransaction with CHUNKING (BDAT, RFC 3030) against our lean liste
         },
       },
     });
-    pool = poolTo(listener.address.port, 'next');
+    pool = poolTo('next', listener.address.port);
   });
   afterAll(async () => {
     pool.close();
@@ -329,26 +328,70 @@ describe('RelayTransaction with CHUNKING on a pooled connection that is gone', (
       });
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    const pool = poolTo((server.address() as net.AddressInfo).port, 'raw');
-    const env = {
-      mailFrom: { address: 'a@remote.test', args: {} },
-      rcptTo: [{ address: 'b@example.test', args: {} }],
-    };
+    const pool = poolTo('raw', (server.address() as net.AddressInfo).port);
+    const env = envelope('b@example.test');
     try {
       const one = await RelayTransaction.send(pool, client, env, () =>
         Readable.from([Buffer.from('one\r\n')]),
       );
       expect(one.code).toBe(250);
       // the body is a stream: it can be read only once, so the retry must use what was read
-      const two = await RelayTransaction.send(pool, client, env, () =>
-        Readable.from([Buffer.from('two\r\n')]),
-      );
+      const stream = Readable.from([Buffer.from('two\r\n')]);
+      const two = await RelayTransaction.send(pool, client, env, () => stream);
       expect(two).toEqual({ code: 250, lines: ['2.0.0 Ok: queued'] });
       expect(received).toEqual(['one\r\n', 'two\r\n']);
       expect(conns).toBe(2);
     } finally {
       pool.close();
       server.close();
+    }
+  });
+
+  it('sends it again over DATA, whole, when the fresh connection goes to a next hop without CHUNKING', async () => {
+    // first target: a next hop with CHUNKING that drops its connection at the second transaction;
+    // second target (the retry): ScriptedServer, which offers no CHUNKING
+    let txs = 0;
+    const raw = net.createServer((s) => {
+      s.write('220 raw.test ESMTP\r\n');
+      s.on('error', () => undefined);
+      s.on('data', (d: Buffer) => {
+        const text = d.toString('latin1');
+        if (text.startsWith('EHLO')) s.write('250-raw.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n');
+        else if (/BDAT \d+ LAST/.test(text)) {
+          if (++txs === 2) s.destroy();
+          else {
+            const commands = text.slice(0, text.indexOf('BDAT')).split('\r\n').filter(Boolean).length;
+            s.write('250 ok\r\n'.repeat(commands) + '250 2.0.0 Ok: queued\r\n');
+          }
+        }
+      });
+    });
+    await new Promise<void>((r) => raw.listen(0, '127.0.0.1', r));
+    const scripted = await ScriptedServer.start();
+    const pool = poolTo('mixed', (raw.address() as net.AddressInfo).port, scripted.port);
+    const env = envelope('b@example.test');
+    try {
+      const one = await RelayTransaction.send(pool, client, env, () =>
+        Readable.from([Buffer.from('one\r\n')]),
+      );
+      expect(one.code).toBe(250);
+      // one stream, as greylist passes its client's: it can be read only once
+      const stream = Readable.from([Buffer.from('Subject: two\r\n\r\n'), Buffer.from('.dotted\r\n')]);
+      const two = await RelayTransaction.send(
+        pool,
+        client,
+        env,
+        () => stream,
+        Buffer.from('Received: by test\r\n'),
+      );
+      expect(two).toEqual({ code: 250, lines: ['2.0.0 Ok: queued as SCRIPTED'] });
+      expect(txs).toBe(2); // the second went to the first hop first, on the pooled connection
+      // the prefix once and the whole body, as DATA sends it (ScriptedServer keeps the wire bytes: dot-stuffed)
+      expect(scripted.messages.at(-1)).toBe('Received: by test\r\nSubject: two\r\n\r\n..dotted\r\n');
+    } finally {
+      pool.close();
+      raw.close();
+      await scripted.close();
     }
   });
 });

@@ -95,6 +95,12 @@ class ChunkSource {
     this.#size = 0;
     return parts;
   }
+
+  /** The whole message again, prefix included: the first chunk kept, then the rest of the body (DATA). */
+  async *replay(): AsyncGenerator<Buffer> {
+    yield* this.first?.parts ?? [];
+    for (let r = await this.#it.next(); !r.done; r = await this.#it.next()) yield r.value;
+  }
 }
 
 const bdat = (parts: readonly Buffer[], last: boolean) =>
@@ -192,8 +198,18 @@ export class RelayTransaction {
     for (let attempt = 0; ; attempt++) {
       const { conn, reused } = attempt === 0 && reserved ? reserved : await pool.acquire(attempt > 0);
       const tx = new RelayTransaction(pool, conn, pool.options.logger);
+      // a retry after a first chunk goes on from what was read, also over DATA (a next hop without CHUNKING)
+      const read = chunks;
       try {
-        return await tx.#sendAll(client, envelope, body, prefix, source);
+        return await (read
+          ? tx.#sendAll(
+              client,
+              envelope,
+              () => read.replay(),
+              undefined,
+              () => read,
+            )
+          : tx.#sendAll(client, envelope, body, prefix, source));
       } catch (err) {
         conn.destroy();
         // a pooled connection that was gone: once more on a fresh one, if nothing of the body is lost.
@@ -302,6 +318,7 @@ export class RelayTransaction {
       this.#abort('body failed');
       throw err;
     }
+    // one recipient: the head is the XFORWARDs, MAIL and one RCPT
     const single = nx + 2 === head.length;
     const last = source.first?.last ?? (source.ended && single);
     source.first = { parts, last };
