@@ -51,6 +51,8 @@ const MAX_LINE = 4096;
 /** Input held while a command waits for its handler, before the socket is paused. */
 const MAX_PENDING = 256 * 1024;
 const MAX_UNRECOGNIZED = 10;
+/** Commands allowed between BDAT chunks; all but BDAT and NOOP end the transaction. */
+const BETWEEN_CHUNKS = new Set(['BDAT', 'RSET', 'QUIT', 'NOOP', 'EHLO', 'HELO']);
 const XFORWARD_KEYS = new Set(['NAME', 'ADDR', 'PORT', 'PROTO', 'HELO', 'IDENT', 'SOURCE']);
 // eslint-disable-next-line no-control-regex
 const CONTROL = /[\x00-\x1f\x7f]/;
@@ -381,7 +383,7 @@ class LeanConnection {
     if (this.#data?.chunked) {
       // between BDAT chunks: more chunks, or the end of the transaction
       if (verb === 'MAIL') return this.#send(R.nestedMail);
-      if (!['BDAT', 'RSET', 'QUIT', 'NOOP', 'EHLO', 'HELO'].includes(verb)) return this.#send(R.inChunking);
+      if (!BETWEEN_CHUNKS.has(verb)) return this.#send(R.inChunking);
       if (verb !== 'BDAT' && verb !== 'NOOP') this.#abortData(new Error('transaction reset during BDAT'));
     }
     switch (verb) {

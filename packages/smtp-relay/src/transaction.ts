@@ -117,6 +117,8 @@ export interface Reservation {
 
 export class RelayTransaction {
   #state: State = 'open';
+  /** BDAT: sent the first chunk only, its replies not yet in: the transaction can go again elsewhere. */
+  #firstChunkOnly = false;
 
   private constructor(
     readonly pool: RelayPool,
@@ -198,18 +200,16 @@ export class RelayTransaction {
     for (let attempt = 0; ; attempt++) {
       const { conn, reused } = attempt === 0 && reserved ? reserved : await pool.acquire(attempt > 0);
       const tx = new RelayTransaction(pool, conn, pool.options.logger);
-      // a retry after a first chunk goes on from what was read, also over DATA (a next hop without CHUNKING)
+      // a retry after a first chunk goes on from what was read (prefix included), also over DATA
       const read = chunks;
       try {
-        return await (read
-          ? tx.#sendAll(
-              client,
-              envelope,
-              () => read.replay(),
-              undefined,
-              () => read,
-            )
-          : tx.#sendAll(client, envelope, body, prefix, source));
+        return await tx.#sendAll(
+          client,
+          envelope,
+          read ? () => read.replay() : body,
+          read ? undefined : prefix,
+          source,
+        );
       } catch (err) {
         conn.destroy();
         // a pooled connection that was gone: once more on a fresh one, if nothing of the body is lost.
@@ -298,9 +298,6 @@ export class RelayTransaction {
     );
     return relayReplies.mixed();
   }
-
-  /** Sent on the first chunk only, its replies not yet in: the transaction can go again elsewhere. */
-  #firstChunkOnly = false;
 
   /**
    * With CHUNKING (RFC 3030): the envelope and the first BDAT chunk in one write. A message that fits
