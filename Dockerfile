@@ -23,17 +23,25 @@ WORKDIR /app
 ENV TURBO_TELEMETRY_DISABLED=1 \
     NPM_CONFIG_UPDATE_NOTIFIER=false \
     NPM_CONFIG_FUND=false
+# python3, make and g++: node-gyp builds @moat/handover's small N-API addon (packages/handover/native)
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 make g++ \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=manifests /app ./
 RUN npm ci --no-audit
 COPY . .
 # Every app under apps/ plus, through turbo's ^build, every package it imports.
 RUN npx turbo run build --filter='./apps/*' --output-logs=errors-only
 # Collect only the compiled output and shipped data files (apps/greylist/lists: the default pool
-# whitelist), laid out as in the repo (apps/<name>/dist, packages/<name>/dist).
+# whitelist; packages/handover's native addon), laid out as in the repo (apps/<name>/dist,
+# packages/<name>/dist, packages/handover/native/build/Release/handover.node).
 RUN mkdir -p /out/apps /out/packages \
  && for d in apps/* packages/*; do \
       if [ -d "$d/dist" ]; then mkdir -p "/out/$d" && cp -a "$d/dist" "/out/$d/dist"; fi; \
       if [ -d "$d/lists" ]; then cp -a "$d/lists" "/out/$d/lists"; fi; \
+      if [ -d "$d/native/build/Release" ]; then \
+        mkdir -p "/out/$d/native/build/Release" && cp -a "$d"/native/build/Release/*.node "/out/$d/native/build/Release/"; \
+      fi; \
     done
 
 # --- prod-deps: a clean production install (no dev dependencies) ---------------------------
@@ -58,7 +66,7 @@ COPY --from=build /out/apps ./apps
 COPY --from=build /out/packages ./packages
 # State lives under /data (MOAT_DATA_DIR in compose). The folders compose mounts named volumes on
 # exist here owned by the runtime user, so a fresh volume is created writable by it.
-RUN mkdir -p /data/tls /data/queue /data/mail /data/quarantine /data/filter \
+RUN mkdir -p /data/run /data/tls /data/queue /data/mail /data/quarantine /data/filter \
  && chown -R node:node /data
 # The node image's unprivileged user (uid 1000). Screen listens on 2525; compose maps 25 to it.
 USER node

@@ -103,6 +103,9 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
     recipientLimit: c.recipientLimit,
     idleTimeoutMs: c.idleTimeout,
     tls: { key: tls.key, cert: tls.cert },
+    handover: config.screen.handover
+      ? { socketPath: c.handoverSocket, clientLimit: config.screen.clientConnectionCountLimit }
+      : undefined,
     logger,
     handlers: {
       async mailFrom(tx) {

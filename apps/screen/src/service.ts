@@ -59,7 +59,12 @@ export async function screenContext(config: Readonly<MoatConfig>, logger: Logger
     access,
     limits: new Limits(c.clientConnectionCountLimit, c.preQueueLimit),
     cache,
-    splice: { targets: c.next, connectTimeoutMs: c.nextConnectTimeout, logger },
+    splice: {
+      targets: c.next,
+      handover: c.handover ? config.greylist.handoverSocket : undefined,
+      connectTimeoutMs: c.nextConnectTimeout,
+      logger,
+    },
     logger,
   };
 }

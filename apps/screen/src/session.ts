@@ -97,19 +97,25 @@ export async function handleClient(ctx: ScreenContext, client: net.Socket): Prom
   const started = Date.now();
   log.info(fields, logText.connect(who, `[${destination.address}]:${destination.port}`));
 
-  const spliceNow = async (watcher?: DeepWatcher, onDeep?: (r: ClientResult) => 'forward' | 'stop') => {
+  const spliceNow = async (
+    counted: boolean,
+    watcher?: DeepWatcher,
+    onDeep?: (r: ClientResult) => 'forward' | 'stop',
+  ) => {
     const outcome = await splice(
-      { client, source, destination, ...(initial ? { initial } : {}), watcher, onDeep },
+      { client, source, destination, ...(initial ? { initial } : {}), counted, watcher, onDeep },
       ctx.splice,
     );
-    if (outcome !== 'taken') log.info({ ...fields, outcome }, logText.disconnect(who));
+    // a handed-over client is greylist's now: it logs the rest of the session (postscreen does the same)
+    if (outcome !== 'taken' && outcome !== 'handed')
+      log.info({ ...fields, outcome }, logText.disconnect(who));
     return outcome;
   };
 
   const access = ctx.access.check(ip);
   if (access === 'permit') {
     log.info(fields, logText.allowlisted(who));
-    await spliceNow();
+    await spliceNow(false);
     return;
   }
   if (!ctx.limits.openClient(ip)) {
@@ -264,7 +270,7 @@ export async function handleClient(ctx: ScreenContext, client: net.Socket): Prom
   /** Splice, watching the deep tests still to run; `clean`: nothing failed so far (PASS NEW at the end). */
   async function spliceWatched(todo: ScreenContext['deep'], clean: boolean): Promise<void> {
     if (todo.length === 0) {
-      await spliceNow();
+      await spliceNow(true);
       return;
     }
     const watcher = new DeepWatcher({ tests: new Set(todo.map((d) => d.test)), forbidden: ctx.forbidden });
@@ -288,7 +294,7 @@ export async function handleClient(ctx: ScreenContext, client: net.Socket): Prom
       takeover = { ...worst, tail: r.tail };
       return 'stop';
     };
-    const outcome = await spliceNow(watcher, onDeep);
+    const outcome = await spliceNow(true, watcher, onDeep);
     if (outcome !== 'taken' || !takeover) return;
     const t: { action: Action; test: DeepTest; tail: Buffer } = takeover;
     if (t.action === 'drop') {

@@ -4,6 +4,11 @@
  * skipped for the next one; when none answers within nextConnectTimeout the client gets 421 4.3.2 and
  * is disconnected. Bytes screen already read (a pregreet under `ignore`) go first.
  *
+ * A client nobody needs to watch is handed over instead when `handover` names greylist's socket: the
+ * connection itself goes to greylist (@moat/handover), as postscreen passes clients to smtpd, and
+ * screen is out of the path (no second TCP session, no bytes relayed). When greylist cannot take it
+ * (no socket there: another host or container; its queue full) the client is spliced as below.
+ *
  * With a DeepWatcher, both directions pass through it until it is done (first RCPT, DATA, or every
  * test decided), then the sockets are piped directly. On a violation the session's `onViolation`
  * decides: keep forwarding (ignore), or take the client back (drop/enforce: the upstream is closed and
@@ -12,6 +17,7 @@
 import type net from 'node:net';
 import { connect } from 'node:net';
 import { parseHostPort } from '@moat/config';
+import { handOver, MAX_INITIAL } from '@moat/handover';
 import type { Logger } from '@moat/log';
 import type { ClientResult, DeepWatcher } from './deep.js';
 import { sendAndClose } from './engine.js';
@@ -20,6 +26,8 @@ import { replies } from './replies.js';
 
 export interface SpliceOptions {
   targets: readonly string[];
+  /** greylist's handover socket; undefined = always splice. */
+  handover?: string | undefined;
   connectTimeoutMs: number;
   logger: Logger;
 }
@@ -35,6 +43,8 @@ export interface SpliceSession {
   destination: Endpoint;
   /** Already read from the client; sent to greylist first. */
   initial?: Buffer;
+  /** Counted against the per-client connection limit (greylist keeps counting a handed-over client). */
+  counted: boolean;
   watcher?: DeepWatcher;
   /** 'stop': the session takes the client back (the chunk is not forwarded). */
   onDeep?: (r: ClientResult) => 'forward' | 'stop';
@@ -76,11 +86,51 @@ export async function connectUpstream(o: SpliceOptions): Promise<net.Socket> {
   throw last ?? new Error('no greylist address');
 }
 
-/** Splices the client to a new upstream connection; resolves when both sides are closed. */
-export async function splice(s: SpliceSession, o: SpliceOptions): Promise<'spliced' | 'busy' | 'taken'> {
+/** Whether greylist took the client; on false the caller splices it (the reason is logged once per kind). */
+function tryHandover(s: SpliceSession, at: string, logger: Logger): boolean {
+  const client = s.client;
+  // what Node already read from the client goes along (the stream is paused, so nothing more is read)
+  const buffered: Buffer[] = s.initial?.length ? [s.initial] : [];
+  for (let b: Buffer | null; (b = client.read() as Buffer | null) !== null;) buffered.push(b);
+  const initial = buffered.length ? Buffer.concat(buffered) : undefined;
+  try {
+    if (initial && initial.length > MAX_INITIAL)
+      throw Object.assign(new Error('too much read'), { code: 'E2BIG' });
+    handOver(at, client, {
+      source: s.source,
+      destination: s.destination,
+      counted: s.counted,
+      ...(initial ? { initial } : {}),
+    });
+    return true;
+  } catch (err) {
+    if (initial) s.initial = initial;
+    const code = String((err as { code?: unknown }).code ?? 'error');
+    if (!handoverFailures.has(code)) {
+      handoverFailures.add(code);
+      logger.warn(
+        { handoverSocket: at, code, err: (err as Error).message },
+        'handover to greylist failed; splicing (logged once per kind)',
+      );
+    }
+    return false;
+  }
+}
+
+const handoverFailures = new Set<string>();
+
+/**
+ * Hands the client over, or splices it to a new upstream connection. Resolves 'handed' at once, or
+ * when both sides of the splice are closed.
+ */
+export async function splice(
+  s: SpliceSession,
+  o: SpliceOptions,
+): Promise<'handed' | 'spliced' | 'busy' | 'taken'> {
   const client = s.client;
   client.setNoDelay(true);
   client.pause();
+  if (o.handover && (!s.watcher || s.watcher.done) && tryHandover(s, o.handover, o.logger)) return 'handed';
   let upstream: net.Socket;
   try {
     upstream = await connectUpstream(o);

@@ -25,7 +25,20 @@ describe('loadConfig', () => {
     expect(config.greylist.messageSizeLimit).toBe(50 * 1024 * 1024);
     expect(config.greylist.nextTimeout).toBe(100_000);
     expect(config.delivery.maildir).toBe(path.resolve('./data/mail'));
+    expect(config.screen.handover).toBe(true);
+    expect(config.greylist.handoverSocket).toBe(path.resolve('./data/run/greylist.sock'));
     expect(Object.isFrozen(config.greylist)).toBe(true);
+  });
+
+  it("puts greylist's handover socket under dataDir unless set, and lets screen splice instead", () => {
+    const moved = loadConfig({ file: '/nonexistent/moat.yaml', env: { MOAT_DATA_DIR: '/srv/moat' } }).config;
+    expect(moved.greylist.handoverSocket).toBe('/srv/moat/run/greylist.sock');
+    const set = loadConfig({
+      file: '/nonexistent/moat.yaml',
+      env: { MOAT_GREYLIST_HANDOVER_SOCKET: '/run/moat/g1.sock', MOAT_SCREEN_HANDOVER: 'false' },
+    }).config;
+    expect(set.greylist.handoverSocket).toBe('/run/moat/g1.sock');
+    expect(set.screen.handover).toBe(false);
   });
 
   it('reads the file and lets MOAT_* variables override any key', () => {

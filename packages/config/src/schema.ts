@@ -43,6 +43,7 @@ export function derive(c: MoatConfig): MoatConfig {
       ...c.greylist,
       next: orDefault(c.greylist.next, c.filter.listen),
       proxyPeers: c.greylist.proxyPeers.length ? c.greylist.proxyPeers : c.greylist.peers,
+      handoverSocket: path.resolve(c.greylist.handoverSocket || path.join(dataDir, 'run', 'greylist.sock')),
     },
     filter: {
       ...c.filter,

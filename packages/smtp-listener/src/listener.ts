@@ -15,6 +15,10 @@
  *     behind screen (which runs the pregreet test) or another hop, where the wait only costs throughput
  *     (smtp-server 3.21 has no option for it; see PERFORMANCE.md). Tested by the banner-latency test;
  *   - TCP_NODELAY on every accepted socket;
+ *   - clients handed over by screen (`handover`, smtp-server engine): their own connection, received
+ *     on a Unix datagram socket (@moat/handover) instead of spliced behind a PROXY header. They skip
+ *     the peers check (the socket file's mode is the check) and keep postscreen's per-client
+ *     connection limit, which screen no longer counts once it let go;
  *   - explicit replies: a reply text that already starts with an enhanced status code is sent as is
  *     (HopConnection.send), so "550 5.7.1 ..." never becomes "550 5.1.1 5.7.1 ..."; multi-line replies
  *     relayed from the next hop keep their lines; a handler that throws gets 451 4.3.0, never a 5xx;
@@ -27,6 +31,7 @@
 import net from 'node:net';
 import type { Readable } from 'node:stream';
 import { NetworkList, parseHostPort } from '@moat/config';
+import { type HandedSocket, HandoverReceiver } from '@moat/handover';
 import type { Logger } from '@moat/log';
 import {
   SMTPServer,
@@ -112,6 +117,11 @@ export interface ListenerOptions {
    * public MX. Default: lean unless TLS or PROXY is asked for.
    */
   engine?: 'lean' | 'smtp-server';
+  /**
+   * Receive clients handed over by screen at `socketPath` (smtp-server engine only); at most
+   * `clientLimit` open at once per client address among those screen counted (0 = no limit).
+   */
+  handover?: { socketPath: string; clientLimit: number } | undefined;
   /** STARTTLS; without it STARTTLS is not offered. */
   tls?: { key: Buffer | string; cert: Buffer | string } | undefined;
   logger: Logger;
@@ -417,10 +427,70 @@ async function createSmtpServerListener(o: ListenerOptions): Promise<Listener> {
     });
   });
   const bound = server.server.address() as net.AddressInfo;
+  const receiver = o.handover ? receiveHandovers(server, o.handover, logger) : undefined;
   return {
     engine: 'smtp-server',
     server,
     address: { host: bound.address, port: bound.port },
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    close: () => {
+      receiver?.close();
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    },
   };
+}
+
+/**
+ * Takes the clients screen hands over into `server` as if they had connected to it, with the address
+ * screen saw (its PROXY source when a load balancer is in front of it). A receiver that cannot start
+ * (a path too long for a Unix socket, a folder we may not write) is logged and left out: screen then
+ * finds no socket and splices, so mail still flows.
+ */
+function receiveHandovers(
+  server: HopServer,
+  o: { socketPath: string; clientLimit: number },
+  logger: Logger,
+): HandoverReceiver | undefined {
+  const open = new Map<string, number>();
+  const onSocket = ({ socket, message }: HandedSocket) => {
+    const ip = message.source.address;
+    socket.on('error', () => undefined);
+    const n = open.get(ip) ?? 0;
+    if (message.counted && o.clientLimit > 0 && n >= o.clientLimit) {
+      const r = listenerReplies.tooManyConnections();
+      logger.info(
+        { client: ip, port: message.source.port },
+        `NOQUEUE: reject: CONNECT from [${ip}]:${message.source.port}: too many connections`,
+      );
+      socket.end(`${r.code} ${r.lines[0]}\r\n`);
+      setTimeout(() => socket.destroy(), 1000).unref();
+      return;
+    }
+    if (message.counted) {
+      open.set(ip, n + 1);
+      socket.once('close', () => {
+        const left = (open.get(ip) ?? 1) - 1;
+        if (left > 0) open.set(ip, left);
+        else open.delete(ip);
+      });
+    }
+    if (message.initial) socket.unshift(message.initial);
+    server.connect(socket, {
+      id: newQueueId(),
+      remoteAddress: ip,
+      remotePort: message.source.port,
+      localAddress: message.destination.address,
+      localPort: message.destination.port,
+    });
+  };
+  try {
+    return HandoverReceiver.listen(o.socketPath, onSocket, (why) =>
+      logger.warn({ handoverSocket: o.socketPath, why }, 'handover: dropped a datagram'),
+    );
+  } catch (err) {
+    logger.error(
+      { handoverSocket: o.socketPath, err: (err as Error).message },
+      'handover: cannot receive clients at handoverSocket; screen splices them instead',
+    );
+    return undefined;
+  }
 }

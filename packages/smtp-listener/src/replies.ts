@@ -45,6 +45,8 @@ export const listenerReplies = {
   /** Our own bug or an unexpected failure: always a try-again. */
   internalError: () => reply(451, '4.3.0', 'Error: internal error, please try again later'),
   messageTooBig: () => reply(552, '5.3.4', 'Message size exceeds fixed limit'),
+  /** A handed-over client past its open-connection limit (postscreen's words for the same limit). */
+  tooManyConnections: () => reply(421, '4.7.0', 'Error: too many connections'),
   shuttingDown: () => reply(421, '4.3.2', 'Service shutting down, closing transmission channel'),
 } as const;
 

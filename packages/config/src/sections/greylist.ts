@@ -14,6 +14,12 @@ export const greylist = z
     ...internalListener('127.0.0.1:10023'),
     /** Peers that put a PROXY v1 header first (screen's addresses); empty = the same as peers. */
     proxyPeers: z.array(cidr()).default([]),
+    /**
+     * Unix datagram socket that takes clients handed over by screen (screen.handover); created mode
+     * 0600, so only this user's processes can hand clients over. Each replica needs its own path.
+     * Empty = <dataDir>/run/greylist.sock.
+     */
+    handoverSocket: z.string().default(''),
     ...nextHop(),
     /** Largest message accepted, in bytes (Postfix: message_size_limit). Over it: 552 5.3.4. */
     messageSizeLimit: size('50MB'),

@@ -51,6 +51,14 @@ export const screen = z
     next: z.array(hostPort()).default([]),
     /** Connecting to greylist; past it the client gets 421 4.3.2. */
     nextConnectTimeout: duration('5s'),
+    /**
+     * Pass each client that needs no more watching (passed, cached or allowlisted) to greylist's
+     * handoverSocket, as postscreen passes clients to smtpd: greylist then talks to the client's own
+     * connection and screen is out of the path. When the socket is not there (greylist on another
+     * host, or in a container without the shared folder) or greylist is busy, the client is spliced
+     * over TCP behind a PROXY v1 header instead. false: always splice.
+     */
+    handover: z.boolean().default(true),
 
     // --- permanent access list (postscreen_access_list, postscreen_denylist_action) ---
     /**

@@ -372,6 +372,17 @@ describe('docker-compose.yml', () => {
     );
   };
 
+  /** A service's mounts, long or short syntax; `named`: a named volume (not a host path). */
+  const mountsOf = (service: Service) =>
+    (Array.isArray(service.volumes) ? service.volumes : []).map((v: Json) => {
+      if (v && typeof v === 'object') {
+        const o = v as { source?: string; target?: string; type?: string };
+        return { source: o.source ?? '', target: o.target ?? '', named: o.type === 'volume' };
+      }
+      const [source = '', target = ''] = String(v).split(':');
+      return { source, target, named: !/^[./~]/.test(source) };
+    });
+
   it('finds the apps on disk', () => {
     expect(apps.map((a) => a.name).length, 'no apps/*/package.json found').toBeGreaterThan(0);
   });
@@ -623,14 +634,7 @@ describe('docker-compose.yml', () => {
     const problems: string[] = [];
     const declared = new Set(Object.keys(compose.volumes ?? {}));
     for (const [name, service] of services) {
-      const mounts = (Array.isArray(service.volumes) ? service.volumes : []).map((v: Json) => {
-        if (v && typeof v === 'object') {
-          const o = v as { source?: string; target?: string; type?: string };
-          return { source: o.source ?? '', target: o.target ?? '', named: o.type === 'volume' };
-        }
-        const [source = '', target = ''] = String(v).split(':');
-        return { source, target, named: !/^[./~]/.test(source) };
-      });
+      const mounts = mountsOf(service);
       for (const m of mounts) {
         if (m.named && m.source && !declared.has(m.source)) {
           problems.push(`service ${name}: volume ${m.source} is not declared under volumes:`);
@@ -645,6 +649,37 @@ describe('docker-compose.yml', () => {
             m.named && m.target && (dir === m.target || dir.startsWith(m.target.replace(/\/$/, '') + '/')),
         );
         if (!onVolume) problems.push(`service ${name}: ${what} (${dir}) is not on a named volume`);
+      }
+    }
+    expect(problems, problems.join('\n')).toEqual([]);
+  });
+
+  it("lets screen hand clients over: screen and greylist mount the folder of greylist's handover socket from one volume", () => {
+    const problems: string[] = [];
+    const byApp = (app: string) => services.filter(([, service]) => appOf(service, apps)?.name === app);
+    const volumeAt = (service: Service, file: string) =>
+      mountsOf(service).find((m) => m.named && path.dirname(file) === m.target.replace(/\/$/, ''))?.source;
+    for (const [gName, greylist] of byApp('greylist')) {
+      const gCfg = loaded.get(gName)?.config;
+      if (!gCfg) continue;
+      const at = gCfg.greylist.handoverSocket;
+      const gVolume = volumeAt(greylist, at);
+      if (!gVolume)
+        problems.push(
+          `service ${gName}: no named volume on ${path.dirname(at)} (greylist.handoverSocket ${at})`,
+        );
+      for (const [sName, screen] of byApp('screen')) {
+        const sCfg = loaded.get(sName)?.config;
+        if (!sCfg?.screen.handover) continue;
+        if (sCfg.greylist.handoverSocket !== at)
+          problems.push(
+            `service ${sName}: hands over to ${sCfg.greylist.handoverSocket}, greylist listens at ${at}`,
+          );
+        const sVolume = volumeAt(screen, sCfg.greylist.handoverSocket);
+        if (!sVolume || sVolume !== gVolume)
+          problems.push(
+            `service ${sName}: must mount volume ${gVolume ?? '?'} on ${path.dirname(at)}, as ${gName} does`,
+          );
       }
     }
     expect(problems, problems.join('\n')).toEqual([]);
@@ -733,6 +768,24 @@ describe('Dockerfile', () => {
         `Dockerfile:${cmd.line}: no ENTRYPOINT: compose's command must be the whole process command`,
       );
     expect(problems, problems.join('\n')).toEqual([]);
+  });
+
+  it("builds @moat/handover's native addon and ships it where the package loads it from", () => {
+    const runs = stages
+      .flatMap((st) => st.instructions.filter((i) => i.keyword === 'RUN'))
+      .map((i) => i.args);
+    // node-gyp needs python3, make and a C compiler; node:22-bookworm-slim has none of them
+    expect(
+      runs.some((r) => /apt-get install\b.*\bpython3\b.*\bmake\b.*\bg\+\+/.test(r)),
+      'a RUN installing python3 make g++',
+    ).toBe(true);
+    const loader = fs.readFileSync(path.join(ROOT, 'packages/handover/src/index.ts'), 'utf8');
+    const from = /'(\.\.\/native\/build\/Release\/handover\.node)'/.exec(loader)?.[1];
+    expect(from, 'packages/handover/src/index.ts loads ../native/build/Release/handover.node').toBeDefined();
+    expect(
+      runs.some((r) => r.includes('native/build/Release') && r.includes('/out/')),
+      'the build stage collects native/build/Release into /out',
+    ).toBe(true);
   });
 
   it('runs each service with the V8 options the launcher and the tests give it (NODE_OPTIONS)', () => {
