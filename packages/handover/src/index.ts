@@ -146,7 +146,13 @@ export class HandoverReceiver {
           onBad(`not a socket: ${(err as Error).message}`);
           return;
         }
-        onSocket({ socket, message });
+        try {
+          onSocket({ socket, message });
+        } catch (err) {
+          // a throw here would reach the addon's callback scope and end the process
+          socket.destroy();
+          onBad(`the receiver failed on a connection: ${(err as Error).message}`);
+        }
       });
     } finally {
       process.umask(umask);
