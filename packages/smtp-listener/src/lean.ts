@@ -742,8 +742,13 @@ export function refuseNotAPeer(socket: net.Socket, logger: Logger): void {
     { peer: address, port: socket.remotePort, reply: `${r.code} ${r.lines[0]}` },
     'refused: not a peer',
   );
+  closeWith(socket, r);
+}
+
+/** Answers a connection with one reply before anything is read, and closes it (at the latest after 1 s). */
+export function closeWith(socket: net.Socket, r: Reply): void {
   socket.on('error', () => undefined);
-  socket.end(`${r.code} ${r.lines[0]}\r\n`);
+  socket.end(`${formatReply(r)}\r\n`);
   setTimeout(() => socket.destroy(), 1000).unref();
 }
 

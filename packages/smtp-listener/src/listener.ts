@@ -40,7 +40,7 @@ import {
   type SMTPServerSession,
 } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
-import { createLeanListener, refuseNotAPeer } from './lean.js';
+import { closeWith, createLeanListener, refuseNotAPeer } from './lean.js';
 import { LineEndingNormalizer, MessageTooBig } from './line-endings.js';
 import { type ClientInfo, forwardedClient, newQueueId } from './received.js';
 import { guarded, listenerReplies, type Reply, SmtpError } from './replies.js';
@@ -453,7 +453,6 @@ function receiveHandovers(
   const open = new Map<string, number>();
   const onSocket = ({ socket, message }: HandedSocket) => {
     const ip = message.source.address;
-    socket.on('error', () => undefined);
     const n = open.get(ip) ?? 0;
     if (message.counted && o.clientLimit > 0 && n >= o.clientLimit) {
       const r = listenerReplies.tooManyConnections();
@@ -461,8 +460,7 @@ function receiveHandovers(
         { client: ip, port: message.source.port },
         `NOQUEUE: reject: CONNECT from [${ip}]:${message.source.port}: too many connections`,
       );
-      socket.end(`${r.code} ${r.lines[0]}\r\n`);
-      setTimeout(() => socket.destroy(), 1000).unref();
+      closeWith(socket, r);
       return;
     }
     if (message.counted) {
