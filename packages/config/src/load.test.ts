@@ -41,6 +41,19 @@ describe('loadConfig', () => {
     expect(set.screen.handover).toBe(false);
   });
 
+  it('refuses a handover socket path longer than a Unix socket can be bound at, naming the key', () => {
+    const deep = `/srv/${'d'.repeat(100)}`;
+    expect(() => loadConfig({ file: '/nonexistent/moat.yaml', env: { MOAT_DATA_DIR: deep } })).toThrow(
+      /greylist\.handoverSocket: \/srv\/d+\/run\/greylist\.sock is 123 bytes; a Unix socket path can have at most 107/,
+    );
+    // without handover nothing binds it
+    const off = loadConfig({
+      file: '/nonexistent/moat.yaml',
+      env: { MOAT_DATA_DIR: deep, MOAT_SCREEN_HANDOVER: 'false' },
+    });
+    expect(off.config.screen.handover).toBe(false);
+  });
+
   it('reads the file and lets MOAT_* variables override any key', () => {
     const file = tmpFile(
       'hostname: mx.example.test\ndomains: [example.test]\ngreylist:\n  listen: 127.0.0.1:20023\n',

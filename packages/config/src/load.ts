@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
 import { applyEnv, type EnvOverride } from './env.js';
-import { derive, schema, type MoatConfig } from './schema.js';
+import { derive, derivedProblems, schema, type MoatConfig } from './schema.js';
 
 export class ConfigError extends Error {
   constructor(
@@ -73,5 +73,9 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
     });
     throw new ConfigError(problems, fileExists ? file : 'built-in defaults and environment');
   }
-  return { config: deepFreeze(derive(result.data)), file, fileExists, overrides };
+  const config = derive(result.data);
+  const problems = derivedProblems(config);
+  if (problems.length)
+    throw new ConfigError(problems, fileExists ? file : 'built-in defaults and environment');
+  return { config: deepFreeze(config), file, fileExists, overrides };
 }

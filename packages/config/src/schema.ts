@@ -63,6 +63,22 @@ export function derive(c: MoatConfig): MoatConfig {
   };
 }
 
+/** The longest path a Unix socket can be bound at on Linux (sun_path holds 108 bytes with its NUL). */
+const MAX_SOCKET_PATH = 107;
+
+/** Problems only the derived values show (a default that depends on another key), one per key. */
+export function derivedProblems(c: MoatConfig): string[] {
+  const problems: string[] = [];
+  const at = c.greylist.handoverSocket;
+  if (c.screen.handover && Buffer.byteLength(at) > MAX_SOCKET_PATH) {
+    problems.push(
+      `greylist.handoverSocket: ${at} is ${Buffer.byteLength(at)} bytes; a Unix socket path can have at most ` +
+        `${MAX_SOCKET_PATH} (set a shorter greylist.handoverSocket or dataDir, or screen.handover: false)`,
+    );
+  }
+  return problems;
+}
+
 /**
  * The size limit of the internal hops (filter, quarantine, delivery): what greylist accepted plus room
  * for the headers the hops add on the way, so no internal hop refuses what the MX accepted.
