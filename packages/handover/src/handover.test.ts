@@ -105,25 +105,35 @@ describe('handOver and HandoverReceiver', () => {
     expect(await read(client)).toBe('PING\r\n');
   });
 
-  it('throws, leaving the socket open, when there is no receiver or the receiver is gone', async () => {
+  it('throws, leaving the socket open, when there is no receiver or the receiver is gone; a new receiver at the path is found again', async () => {
     const at = tmpSocket();
-    const [client, accepted] = await pair();
     const message = {
       source: { address: '127.0.0.1', port: 1 },
       destination: { address: '127.0.0.1', port: 2 },
       counted: true,
     };
+    const [client, accepted] = await pair();
     expect(() => handOver(at, accepted, message)).toThrow(expect.objectContaining({ code: 'ENOENT' }));
-    // a receiver killed before it could remove its file: the path is there, nobody reads it
-    const child = await receiverProcess(at);
-    const gone = new Promise((resolve) => child.once('exit', resolve));
-    child.kill('SIGKILL');
+
+    // the sender keeps its connection to a receiver; that receiver is killed before it can remove its
+    // file: the kept connection is dead, and the path is there with nobody listening
+    const first = await receiverProcess(at);
+    const [c1, a1] = await pair();
+    handOver(at, a1, message);
+    expect(await read(c1)).toBe(`220 pid ${first.pid}\r\n`);
+    const gone = new Promise((resolve) => first.once('exit', resolve));
+    first.kill('SIGKILL');
     await gone;
     expect(fs.statSync(at).isSocket()).toBe(true);
     expect(() => handOver(at, accepted, message)).toThrow(expect.objectContaining({ code: 'ECONNREFUSED' }));
     expect(accepted.destroyed).toBe(false);
     accepted.write('still here\r\n');
     expect(await read(client)).toBe('still here\r\n');
+
+    // a receiver started again at the same path gets the next one
+    const second = await receiverProcess(at);
+    handOver(at, accepted, message);
+    expect(await read(client)).toBe(`220 pid ${second.pid}\r\n`);
   });
 
   it('replaces a stale socket file on listen', () => {

@@ -4,7 +4,7 @@
  * receiver reads and writes the client's socket directly, sees the client's own address, and the
  * sender is out of the path from then on.
  *
- * The transport is a Unix datagram socket with SCM_RIGHTS (native/handover.c): one datagram per
+ * The transport is a Unix SOCK_SEQPACKET socket with SCM_RIGHTS (native/handover.c): one message per
  * connection, carrying the descriptor and a small JSON message (who the client is, bytes the sender
  * already read). Node.js passes handles only to its own children, hence the small addon.
  *
@@ -36,7 +36,7 @@ export interface HandoverMessage {
   initial?: Buffer;
 }
 
-/** Largest `initial`: more than a pregreet, less than a datagram. */
+/** Largest `initial`: more than a pregreet, well inside one message. */
 export const MAX_INITIAL = 16 * 1024;
 
 function encode(m: HandoverMessage): Buffer {
@@ -59,7 +59,7 @@ function endpoint(v: unknown): { address: string; port: number } | undefined {
   return { address: e.address, port: e.port };
 }
 
-/** The message of a datagram, or undefined when it is not one of ours. */
+/** The message that came with a descriptor, or undefined when it is not one of ours. */
 export function decode(data: Buffer): HandoverMessage | undefined {
   let raw: { v?: unknown; source?: unknown; destination?: unknown; counted?: unknown; initial?: unknown };
   try {
@@ -115,7 +115,7 @@ export class HandoverReceiver {
 
   /**
    * Binds `socketPath` (mode 0600) and calls `onSocket` for every connection handed over.
-   * `onBad` hears of datagrams that are not a well-formed handover; their descriptors are closed.
+   * `onBad` hears of messages that are not a well-formed handover; their descriptors are closed.
    */
   static listen(
     socketPath: string,
@@ -129,13 +129,13 @@ export class HandoverReceiver {
     try {
       r.#handle = native.listen(socketPath, (fd, data) => {
         if (fd < 0) {
-          onBad('a datagram without exactly one descriptor');
+          onBad('a message without exactly one descriptor');
           return;
         }
         const message = decode(data);
         if (!message) {
           fs.closeSync(fd);
-          onBad('a datagram that is not a handover message');
+          onBad('a message that is not a handover');
           return;
         }
         let socket: net.Socket;

@@ -16,7 +16,7 @@
  *     (smtp-server 3.21 has no option for it; see PERFORMANCE.md). Tested by the banner-latency test;
  *   - TCP_NODELAY on every accepted socket;
  *   - clients handed over by screen (`handover`, smtp-server engine): their own connection, received
- *     on a Unix datagram socket (@moat/handover) instead of spliced behind a PROXY header. They skip
+ *     on a Unix socket (@moat/handover) instead of spliced behind a PROXY header. They skip
  *     the peers check (the socket file's mode is the check) and keep postscreen's per-client
  *     connection limit, which screen no longer counts once it let go;
  *   - explicit replies: a reply text that already starts with an enhanced status code is sent as is
@@ -482,7 +482,7 @@ function receiveHandovers(
   };
   try {
     return HandoverReceiver.listen(o.socketPath, onSocket, (why) =>
-      logger.warn({ handoverSocket: o.socketPath, why }, 'handover: dropped a datagram'),
+      logger.warn({ handoverSocket: o.socketPath, why }, 'handover: dropped a message'),
     );
   } catch (err) {
     logger.error(

@@ -15,7 +15,7 @@ export const greylist = z
     /** Peers that put a PROXY v1 header first (screen's addresses); empty = the same as peers. */
     proxyPeers: z.array(cidr()).default([]),
     /**
-     * Unix datagram socket that takes clients handed over by screen (screen.handover); created mode
+     * Unix socket (SOCK_SEQPACKET) that takes clients handed over by screen (screen.handover); created mode
      * 0600, so only this user's processes can hand clients over. Each replica needs its own path.
      * Empty = <dataDir>/run/greylist.sock.
      */
