@@ -17,7 +17,7 @@
 import type net from 'node:net';
 import { connect } from 'node:net';
 import { parseHostPort } from '@moat/config';
-import { handOver, MAX_INITIAL } from '@moat/handover';
+import { handOver } from '@moat/handover';
 import type { Logger } from '@moat/log';
 import type { ClientResult, DeepWatcher } from './deep.js';
 import { sendAndClose } from './engine.js';
@@ -94,8 +94,6 @@ function tryHandover(s: SpliceSession, at: string, logger: Logger): boolean {
   for (let b: Buffer | null; (b = client.read() as Buffer | null) !== null;) buffered.push(b);
   const initial = buffered.length ? Buffer.concat(buffered) : undefined;
   try {
-    if (initial && initial.length > MAX_INITIAL)
-      throw Object.assign(new Error('too much read'), { code: 'E2BIG' });
     handOver(at, client, {
       source: s.source,
       destination: s.destination,

@@ -4,7 +4,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { decode, handOver, HandoverReceiver, type HandedSocket } from './index.js';
+import { decode, handOver, HandoverReceiver, MAX_INITIAL, type HandedSocket } from './index.js';
 
 const dirs: string[] = [];
 const closers: (() => void)[] = [];
@@ -134,6 +134,26 @@ describe('handOver and HandoverReceiver', () => {
     const second = await receiverProcess(at);
     handOver(at, accepted, message);
     expect(await read(client)).toBe(`220 pid ${second.pid}\r\n`);
+  });
+
+  it('refuses more bytes already read than one message carries (E2BIG), leaving the socket open', async () => {
+    const at = tmpSocket();
+    const r = HandoverReceiver.listen(
+      at,
+      () => undefined,
+      () => undefined,
+    );
+    closers.push(() => r.close());
+    const [client, accepted] = await pair();
+    const message = {
+      source: { address: '127.0.0.1', port: 1 },
+      destination: { address: '127.0.0.1', port: 2 },
+      counted: true,
+      initial: Buffer.alloc(MAX_INITIAL + 1, 0x41),
+    };
+    expect(() => handOver(at, accepted, message)).toThrow(expect.objectContaining({ code: 'E2BIG' }));
+    accepted.write('still here\r\n');
+    expect(await read(client)).toBe('still here\r\n');
   });
 
   it('replaces a stale socket file on listen', () => {

@@ -86,12 +86,18 @@ function descriptor(socket: net.Socket): number {
  * Hands `socket` over to the receiver bound at `socketPath`, then closes this process's copy of the
  * descriptor (which does not end the connection: the receiver holds it). Never waits. Throws, leaving
  * the socket as it was, when the receiver cannot take it: `code` ENOENT or ECONNREFUSED (no receiver),
- * EAGAIN (its queue is full), EBADF (the socket has no descriptor).
+ * EAGAIN (it is not keeping up), EBADF (the socket has no descriptor), E2BIG (more than MAX_INITIAL
+ * bytes already read: too much for one message).
  */
 export function handOver(socketPath: string, socket: net.Socket, message: HandoverMessage): void {
   const fd = descriptor(socket);
   if (fd < 0 || socket.destroyed) {
     throw Object.assign(new Error('handover: the socket has no descriptor'), { code: 'EBADF' });
+  }
+  if ((message.initial?.length ?? 0) > MAX_INITIAL) {
+    throw Object.assign(new Error(`handover: more than ${MAX_INITIAL} bytes already read`), {
+      code: 'E2BIG',
+    });
   }
   native.send(socketPath, fd, encode(message));
   // destroy() closes the handle (close(2)); it never shuts the connection down, so the copy in

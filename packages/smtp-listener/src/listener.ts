@@ -3,7 +3,7 @@
  *   - `lean` (lean.ts), our own server, for the ports between Moat's own services (filter, delivery,
  *     quarantine): no TLS, no PROXY, and a third less CPU per message than smtp-server (see lean.ts);
  *   - `smtp-server`, wrapped here, for the public MX (greylist): STARTTLS and PROXY.
- * createListener picks lean unless TLS or PROXY is asked for. Both give the same replies word for word
+ * createListener picks lean unless TLS, PROXY or handover is asked for. Both give the same replies word for word
  * and the same guarantees (the listener tests run against both).
  *
  * What the wrapper adds to smtp-server, each in one place (lean.ts does the same on its own):
@@ -114,7 +114,7 @@ export interface ListenerOptions {
   closeTimeoutMs?: number;
   /**
    * `lean` (our own server, lean.ts) for the hops between Moat's services; `smtp-server` for the
-   * public MX. Default: lean unless TLS or PROXY is asked for.
+   * public MX. Default: lean unless TLS, PROXY or handover is asked for.
    */
   engine?: 'lean' | 'smtp-server';
   /**
@@ -322,7 +322,7 @@ export interface Listener {
 }
 
 export async function createListener(o: ListenerOptions): Promise<Listener> {
-  const engine = o.engine ?? (o.tls || o.proxyPeers?.length ? 'smtp-server' : 'lean');
+  const engine = o.engine ?? (o.tls || o.proxyPeers?.length || o.handover ? 'smtp-server' : 'lean');
   return engine === 'lean' ? createLeanListener(o) : createSmtpServerListener(o);
 }
 
