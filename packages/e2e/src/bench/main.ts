@@ -9,7 +9,9 @@
  * path doing the chain's job, a private instance started for the run (bench/postfix.ts: postscreen ->
  * smtpd -> cleanup -> queue -> virtual into a Maildir, fsync on both): five rounds of sink, Postfix,
  * chain, each Postfix run waiting for its delivery before the chain's; the medians, the chain as a
- * multiple of Postfix (goal: 1x; target 2x) and each one's CPU per message. Then where a session's
+ * multiple of Postfix (goal: 1x; target 2x), each round's rates, each one's CPU per message and what
+ * the whole machine did while each ran (its idle share: a path that leaves CPU idle at 10 sessions is
+ * bound by waiting, not by work; and context switches per message). Then where a session's
  * time goes: each step of one probe session (banner, EHLO, MAIL, RCPT, DATA, end of data, QUIT) beside
  * nine smtp-source sessions, through the chain and through Postfix. Without root or the Debian
  * postfix package the Postfix comparisons are skipped, with one line that says why.
@@ -21,7 +23,16 @@
 import { spawn } from 'node:child_process';
 import { parseHostPort } from '@moat/config';
 import { Chain, freePort, postfixUnavailable, smtpSink, stopChild, waitForPort } from '@moat/testkit';
-import { cpuMs, latency, listenerPid, percentile, stepLatency, STEPS, throughput } from './measure.js';
+import {
+  cpuMs,
+  latency,
+  listenerPid,
+  type MachineUse,
+  percentile,
+  stepLatency,
+  STEPS,
+  throughput,
+} from './measure.js';
 import { startPostfixPath, type PostfixPath, type PostfixRun } from './postfix.js';
 
 /**
@@ -90,6 +101,14 @@ const GOAL = '1 KB, s10, 1 msg/conn';
 /** Rounds of the goal row: one run moves by up to 15% from the next on a busy virtual machine. */
 const GOAL_ROUNDS = 5;
 
+/** The median idle share and the median switches per message of several windows. */
+function middleUse(uses: readonly MachineUse[]): MachineUse {
+  return {
+    idle: median(uses.map((u) => u.idle)) ?? NaN,
+    switchesPerMsg: median(uses.map((u) => u.switchesPerMsg)) ?? NaN,
+  };
+}
+
 /** The middle one of `values` by `by` (numbers by themselves); undefined when there are none. */
 function median<T>(values: readonly T[], by: (v: T) => number = (v) => v as number): T | undefined {
   return [...values].sort((a, b) => by(a) - by(b))[values.length >> 1];
@@ -116,7 +135,8 @@ async function benchChain(): Promise<void> {
         chain: number;
         chainCpu: number;
         clamdCpu: number;
-        perRound: number[];
+        perRound: { chain: number; postfix: number }[];
+        machine: { chain: MachineUse; postfix: MachineUse };
       }
     | undefined;
   try {
@@ -155,6 +175,7 @@ async function benchChain(): Promise<void> {
           const rounds = scenario === GOAL ? GOAL_ROUNDS : 1;
           const sinkRuns: number[] = [];
           const chainRuns: number[] = [];
+          const chainMachine: MachineUse[] = [];
           const postfixRuns: PostfixRun[] = [];
           const cpu = [...chain.processes.values()].map(() => 0);
           let clamdCpu = 0;
@@ -170,6 +191,7 @@ async function benchChain(): Promise<void> {
             clamdCpu += clamd === undefined ? NaN : cpuMs(clamd) - clamdBefore;
             if (!b.ok) throw new Error(`${scenario}: smtp-source failed:\n${b.output}`);
             chainRuns.push(b.perSecond);
+            chainMachine.push(b.machine);
           }
           const [sinkRate, chainRate] = [median(sinkRuns)!, median(chainRuns)!];
           const row = { scenario, sink: sinkRate, chain: chainRate, ratio: chainRate / sinkRate };
@@ -178,7 +200,7 @@ async function benchChain(): Promise<void> {
             const chainCpu = cpu.reduce((a, c) => a + c, 0) / (n * rounds);
             const scanCpu = clamdCpu / (n * rounds);
             // each round's chain against that round's Postfix: how far the machine's noise moves it
-            const perRound = postfixRuns.map((r, i) => chainRuns[i]! / r.perSecond);
+            const perRound = postfixRuns.map((r, i) => ({ chain: chainRuns[i]!, postfix: r.perSecond }));
             const pf = median(postfixRuns, (r) => r.perSecond);
             const delivered = postfixRuns.every((r) => r.delivered);
             if (pf)
@@ -189,6 +211,10 @@ async function benchChain(): Promise<void> {
                 chainCpu,
                 perRound,
                 clamdCpu: scanCpu,
+                machine: {
+                  chain: middleUse(chainMachine),
+                  postfix: middleUse(postfixRuns.map((r) => r.machine)),
+                },
               };
           }
           const perMsg = [...chain.processes.keys()]
@@ -225,9 +251,13 @@ async function benchChain(): Promise<void> {
             `same row, median of ${GOAL_ROUNDS} rounds (sink, Postfix, chain):\n` +
             `  sink ${fmt(goal.sink)}/s  Postfix ${fmt(pf.perSecond)}/s  chain ${fmt(goal.chain)}/s\n` +
             `  chain ${((goal.chain / goal.sink) * 100).toFixed(1)}% of sink, Postfix ${((pf.perSecond / goal.sink) * 100).toFixed(1)}% of sink: ` +
-            `chain ${fmt(goal.chain / pf.perSecond, 2)}x Postfix (round by round: ${goal.perRound.map((r) => fmt(r, 2)).join(', ')})\n` +
+            `chain ${fmt(goal.chain / pf.perSecond, 2)}x Postfix (round by round: ${goal.perRound.map((r) => fmt(r.chain / r.postfix, 2)).join(', ')})\n` +
+            `  rounds, chain/s against Postfix/s: ${goal.perRound.map((r) => `${fmt(r.chain)}/${fmt(r.postfix)}`).join(', ')}\n` +
             `  CPU ms/msg: Postfix ${fmt(pf.cpuMsPerMsg, 3)} (all its processes, delivery included), chain ${fmt(goal.chainCpu, 3)} (all services) ` +
             `+ clamd ${fmt(goal.clamdCpu, 3)} (a scan of every message, which Postfix's path does not do)\n` +
+            `  the whole machine while smtp-source ran (medians): Postfix ${fmt(goal.machine.postfix.idle * 100)}% idle, ` +
+            `${fmt(goal.machine.postfix.switchesPerMsg, 1)} context switches per message; chain ${fmt(goal.machine.chain.idle * 100)}% idle, ` +
+            `${fmt(goal.machine.chain.switchesPerMsg, 1)} per message\n` +
             (pf.delivered
               ? ''
               : '  (Postfix had not delivered everything within 30 s: its delivery overlapped the next run)\n'),

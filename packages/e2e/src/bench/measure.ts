@@ -13,6 +13,26 @@ export interface ThroughputResult {
   perSecond: number;
   ok: boolean;
   output: string;
+  /** The whole machine while smtp-source ran (every process, the client and the kernel included). */
+  machine: MachineUse;
+}
+
+/** What the whole machine did in a window: its idle share (0..1) and context switches per message. */
+export interface MachineUse {
+  idle: number;
+  switchesPerMsg: number;
+}
+
+/** Busy and idle ticks of all CPUs and context switches so far, from /proc/stat. */
+function machineCounters(): { busy: number; idle: number; ctxt: number } {
+  const text = fs.readFileSync('/proc/stat', 'utf8');
+  // cpu  user nice system idle iowait irq softirq steal ...
+  const t = text.slice(0, text.indexOf('\n')).trim().split(/\s+/).slice(1).map(Number);
+  return {
+    busy: t[0]! + t[1]! + t[2]! + t[5]! + t[6]! + (t[7] ?? 0),
+    idle: t[3]! + t[4]!,
+    ctxt: Number(/^ctxt (\d+)$/m.exec(text)?.[1] ?? NaN),
+  };
 }
 
 /** smtp-source's arguments for `messages` of `sizeBytes` over `sessions`, one message per connection. */
@@ -38,13 +58,20 @@ export async function throughput(
 ): Promise<ThroughputResult> {
   const args = sourceArgs(port, o);
   if (o.perConnection) args.unshift('-d');
+  const before = machineCounters();
   const r = await smtpSource(args, 120_000);
+  const after = machineCounters();
+  const idle = after.idle - before.idle;
   return {
     messages: o.messages,
     ms: r.ms,
     perSecond: (o.messages * 1000) / r.ms,
     ok: r.status === 0,
     output: r.output,
+    machine: {
+      idle: idle / Math.max(1, idle + after.busy - before.busy),
+      switchesPerMsg: (after.ctxt - before.ctxt) / o.messages,
+    },
   };
 }
 

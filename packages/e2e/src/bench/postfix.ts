@@ -10,13 +10,15 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { freePort, startPostfix, waitFor } from '@moat/testkit';
-import { familyCpuMs, throughput } from './measure.js';
+import { familyCpuMs, type MachineUse, throughput } from './measure.js';
 
 export interface PostfixRun {
   perSecond: number;
   cpuMsPerMsg: number;
   /** False when the bounded wait for the delivery ran out (the next run overlaps it). */
   delivered: boolean;
+  /** The whole machine while smtp-source ran. */
+  machine: MachineUse;
 }
 
 export interface PostfixPath {
@@ -78,6 +80,7 @@ export async function startPostfixPath(): Promise<PostfixPath> {
         perSecond: r.perSecond,
         cpuMsPerMsg: (familyCpuMs(master) - before) / o.messages,
         delivered: done,
+        machine: r.machine,
       };
     },
     stop: () => pf.stop(),
