@@ -23,13 +23,16 @@ export interface MachineUse {
   switchesPerMsg: number;
 }
 
-/** Busy and idle ticks of all CPUs and context switches so far, from /proc/stat. */
+/**
+ * Busy and idle ticks of all CPUs and context switches so far, from /proc/stat. Steal (the host ran
+ * something else) is neither: counted as busy, it would hide time in which nothing here ran.
+ */
 function machineCounters(): { busy: number; idle: number; ctxt: number } {
   const text = fs.readFileSync('/proc/stat', 'utf8');
   // cpu  user nice system idle iowait irq softirq steal ...
   const t = text.slice(0, text.indexOf('\n')).trim().split(/\s+/).slice(1).map(Number);
   return {
-    busy: t[0]! + t[1]! + t[2]! + t[5]! + t[6]! + (t[7] ?? 0),
+    busy: t[0]! + t[1]! + t[2]! + t[5]! + t[6]!,
     idle: t[3]! + t[4]!,
     ctxt: Number(/^ctxt (\d+)$/m.exec(text)?.[1] ?? NaN),
   };
