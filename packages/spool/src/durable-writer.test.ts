@@ -111,6 +111,20 @@ describe('DurableWriter', () => {
     expect(fs.readdirSync(d)).toEqual([]);
   });
 
+  it('fails only the write that cannot be created; the rest of its batch is written and synced', async () => {
+    const d = dir();
+    const { w, batches } = writer();
+    const results = await Promise.allSettled([
+      w.write(d, 'first', [Buffer.from('1')]),
+      w.write(path.join(d, 'missing'), 'lost', [Buffer.from('2')]),
+      w.write(d, 'last', [Buffer.from('3')]),
+    ]);
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    expect(batches).toEqual([{ jobs: 3, dirSyncs: 1 }]);
+    expect(fs.readdirSync(d).sort()).toEqual(['first', 'last']);
+    expect(fs.readFileSync(path.join(d, 'last'), 'utf8')).toBe('3');
+  });
+
   it('removes the temporary file when the rename fails, and the others in the batch still succeed', async () => {
     const d = dir();
     fs.mkdirSync(path.join(d, 'taken'));
