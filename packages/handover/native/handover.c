@@ -55,16 +55,26 @@ static napi_value throw_errno(napi_env env, int err, const char *syscall) {
   return NULL;
 }
 
+/* The longest path sun_path holds with its NUL: 107 bytes on Linux. */
+#define MAX_PATH_BYTES (sizeof(((struct sockaddr_un *)0)->sun_path) - 1)
+
+/*
+ * `value` as a Unix socket address. Its length is measured before it is copied: a copy that fills
+ * sun_path cannot tell a path of exactly MAX_PATH_BYTES from a longer one cut to fit (another file).
+ */
 static int unix_address(napi_env env, napi_value value, struct sockaddr_un *addr, socklen_t *len) {
   size_t n = 0;
   memset(addr, 0, sizeof *addr);
   addr->sun_family = AF_UNIX;
+  if (napi_get_value_string_utf8(env, value, NULL, 0, &n) != napi_ok) return -1;
+  if (n == 0 || n > MAX_PATH_BYTES) return -1;
   if (napi_get_value_string_utf8(env, value, addr->sun_path, sizeof addr->sun_path, &n) != napi_ok)
     return -1;
-  if (n == 0 || n >= sizeof addr->sun_path - 1) return -1;
   *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
   return 0;
 }
+
+#define PATH_RULE "path must be a Unix socket path of 1 to 107 bytes"
 
 /*
  * The sending side keeps one connection, to the last path it sent to, and makes it again when the
@@ -104,7 +114,7 @@ static napi_value send_fd(napi_env env, napi_callback_info info) {
   size_t data_len;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (argc < 3 || unix_address(env, argv[0], &addr, &addr_len) != 0) {
-    napi_throw_type_error(env, NULL, "handover.send(path, fd, data): path must be a socket path");
+    napi_throw_type_error(env, NULL, "handover.send(path, fd, data): " PATH_RULE);
     return NULL;
   }
   if (napi_get_value_int32(env, argv[1], &fd) != napi_ok || fd < 0) {
@@ -208,7 +218,8 @@ static void conn_close(conn_t *c) {
 /* Calls onMessage(fd, data) inside a callback scope, so microtasks run and errors reach Node. */
 static void deliver(receiver_t *r, int fd, const char *data, size_t len) {
   napi_env env = r->env;
-  napi_handle_scope scope;  napi_value callback, recv, argv[2], result;
+  napi_handle_scope scope;
+  napi_value callback, recv, argv[2], result;
   void *copy;
   if (napi_open_handle_scope(env, &scope) != napi_ok) {
     if (fd >= 0) close(fd);
@@ -306,7 +317,7 @@ static napi_value listen_path(napi_env env, napi_callback_info info) {
   uv_loop_t *loop;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (argc < 2 || unix_address(env, argv[0], &addr, &addr_len) != 0) {
-    napi_throw_type_error(env, NULL, "handover.listen(path, onMessage): path must be a socket path");
+    napi_throw_type_error(env, NULL, "handover.listen(path, onMessage): " PATH_RULE);
     return NULL;
   }
   CHECK(napi_typeof(env, argv[1], &type));

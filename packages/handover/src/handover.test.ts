@@ -156,6 +156,36 @@ describe('handOver and HandoverReceiver', () => {
     expect(await read(client)).toBe('still here\r\n');
   });
 
+  it('binds and reaches a path of 107 bytes, the most a Unix socket path holds, and refuses 108', async () => {
+    const d = fs.mkdtempSync(path.join(os.tmpdir(), 'moat-handover-'));
+    dirs.push(d);
+    const at = path.join(d, 'x'.repeat(107 - d.length - 1));
+    expect(Buffer.byteLength(at)).toBe(107);
+    const arrived = new Promise<HandedSocket>((resolve) => {
+      const r = HandoverReceiver.listen(at, resolve, () => undefined);
+      closers.push(() => r.close());
+    });
+    const [client, accepted] = await pair();
+    handOver(at, accepted, {
+      source: { address: '127.0.0.1', port: 1 },
+      destination: { address: '127.0.0.1', port: 2 },
+      counted: false,
+    });
+    const { socket } = await arrived;
+    socket.write('220 here\r\n');
+    expect(await read(client)).toBe('220 here\r\n');
+    socket.destroy();
+
+    const longer = `${at}y`;
+    expect(() =>
+      HandoverReceiver.listen(
+        longer,
+        () => undefined,
+        () => undefined,
+      ),
+    ).toThrow(/a Unix socket path of 1 to 107 bytes/);
+  });
+
   it('replaces a stale socket file on listen', () => {
     const at = tmpSocket();
     fs.mkdirSync(path.dirname(at), { recursive: true });
