@@ -229,6 +229,45 @@ describe('the lean listener (internal hops)', () => {
     c.socket.destroy();
   });
 
+  it.each([['DATA'], ['BDAT']])(
+    'answers a handler that gives up before a large body ends (%s), once the client has sent it all',
+    async (how) => {
+      // as delivery's streaming write does when the disk fails: it stops reading and answers 451
+      const { port, got } = await start(
+        {
+          async data(body, tx) {
+            for await (const chunk of body) {
+              got.bodies.push(chunk as Buffer);
+              break; // leaves the stream: nothing reads the rest
+            }
+            await new Promise((r) => setTimeout(r, 100)); // the socket is paused by now: the body is full
+            return reply(451, '4.3.0', `Error: queue file write error (${tx.id})`);
+          },
+        },
+        { messageSizeLimit: 20 * 1024 * 1024 },
+      );
+      const body = `Subject: big\r\n\r\n${`${'z'.repeat(998)}\r\n`.repeat(4000)}`; // 4 MB, far past any buffer
+      const c = new Client(port);
+      c.write('EHLO hop.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<b@example.test>\r\n');
+      if (how === 'DATA') {
+        c.write('DATA\r\n');
+        await c.replies(5);
+        c.write(`${body}.\r\n`);
+      } else {
+        c.write(`BDAT ${body.length} LAST\r\n${body}`);
+      }
+      const replies = await Promise.race([
+        c.replies(how === 'DATA' ? 6 : 5),
+        new Promise<string[]>((r) => setTimeout(() => r(['no answer in 3 s']), 3000)),
+      ]);
+      expect(replies.at(-1)).toMatch(/^451 4\.3\.0 Error: queue file write error/);
+      // and the session goes on: the rest of the body was read as body, not as commands
+      c.write('NOOP\r\n');
+      expect((await c.replies(replies.length + 1)).at(-1)).toBe('250 2.0.0 OK');
+      c.socket.destroy();
+    },
+  );
+
   it.each([
     ['mid-DATA', 'DATA\r\n', 'Subject: half\r\n\r\nhalf a mess', 5],
     ['in the middle of a BDAT chunk', 'BDAT 100 LAST\r\n', 'only part of it', 4],

@@ -553,6 +553,9 @@ class LeanConnection {
     const h = this.server.o.handlers;
     void guarded(this.server.o.logger, 'data', () => h.data(d.body, tx, this.session, info)).then((r) => {
       d.reply = r ?? listenerReplies.internalError();
+      // a handler that answered before the body ended (its disk failed) reads no further: the rest is
+      // read to the end and dropped (#bodyBytes), so a socket its backpressure paused must read again
+      if (!d.ended && this.#data === d) this.#wanted();
       this.#finishData(d);
     });
     return d;
