@@ -3,7 +3,7 @@ import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { silentLogger } from '@moat/log';
 import { createListener, type Listener, reply } from '@moat/smtp-listener';
-import { ScriptedServer } from '@moat/testkit';
+import { ScriptedServer, waitFor } from '@moat/testkit';
 import { DotStuffer } from './dot-stuff.js';
 import { RelayPool } from './pool.js';
 import { ReplyParser } from './reply-parser.js';
@@ -157,6 +157,58 @@ describe('RelayTransaction against a next hop', () => {
       server.script = {};
     }
   });
+
+  it('answers a 4xx when every recipient is refused but one only for now, so none is bounced', async () => {
+    server.script = {
+      rcptReplies: {
+        'b@example.test': '550 5.1.1 <b@example.test>: User unknown',
+        'c@example.test': '450 4.2.0 <c@example.test>: Mailbox busy',
+      },
+    };
+    try {
+      const r = await RelayTransaction.send(
+        pool,
+        client,
+        {
+          mailFrom: { address: 'a@remote.test', args: {} },
+          rcptTo: [
+            { address: 'b@example.test', args: {} },
+            { address: 'c@example.test', args: {} },
+          ],
+        },
+        () => Readable.from([Buffer.from('never sent\r\n')]),
+      );
+      expect(r).toEqual({ code: 450, lines: ['4.2.0 <c@example.test>: Mailbox busy'] });
+      expect(server.messages.some((m) => m.includes('never sent'))).toBe(false);
+    } finally {
+      server.script = {};
+    }
+  });
+
+  it('sends on a fresh connection when the one reserved at MAIL died before DATA', async () => {
+    // greylist reserves a connection at its client's MAIL; a slow client can outlast it (the next hop
+    // restarted, or its idle timeout closed it). Nothing was sent on it: a new one must be used
+    const reservation = await RelayTransaction.reserve(pool);
+    expect(reservation.reused).toBe(false);
+    const before = server.sessions.length;
+    server.dropConnections(); // the next hop closes it
+    await waitFor(
+      () => reservation.conn.dead || undefined,
+      2000,
+      'the reserved connection to be seen closed',
+    );
+    const r = await RelayTransaction.send(
+      pool,
+      client,
+      envelope('b@example.test'),
+      () => Readable.from([Buffer.from('late\r\n')]),
+      undefined,
+      reservation,
+    );
+    expect(r).toEqual({ code: 250, lines: ['2.0.0 Ok: queued as SCRIPTED'] });
+    expect(server.sessions.length - before).toBe(1);
+    expect(server.messages.at(-1)).toBe('late\r\n');
+  });
 });
 
 describe('RelayTransaction with CHUNKING (BDAT, RFC 3030) against our lean listener', () => {
@@ -289,6 +341,48 @@ describe('RelayTransaction with CHUNKING (BDAT, RFC 3030) against our lean liste
     await new Promise((res) => setTimeout(res, 50));
     expect(bodies.length).toBe(n);
     expect(failures.length).toBe(f + 1);
+  });
+});
+
+describe('RelayTransaction with CHUNKING when a later chunk is refused', () => {
+  it('sends no last chunk after a refused one, and answers with the refusal', async () => {
+    // a next hop that takes the first chunk and then refuses the message (as a hop whose disk filled up)
+    const refuser = await createListener({
+      engine: 'lean',
+      service: 'refuser',
+      hostname: 'next.test',
+      listen: '127.0.0.1:0',
+      peers: ['127.0.0.1/32'],
+      xforward: true,
+      messageSizeLimit: 10 * 1024 * 1024,
+      logger: silentLogger(),
+      handlers: {
+        async data(body) {
+          let bytes = 0;
+          for await (const c of body) if ((bytes += (c as Buffer).length) > 70_000) break; // into chunk 2
+          return reply(554, '5.6.0', 'Error: chunk refused');
+        },
+      },
+    });
+    const pool = poolTo('refuser', refuser.address.port);
+    const write = vi.spyOn(net.Socket.prototype, 'write');
+    try {
+      const line = 'y'.repeat(98) + '\r\n';
+      const body = Buffer.from(line.repeat(3000)); // 300 KB: five chunks
+      const pieces = Array.from({ length: 300 }, (_, i) => body.subarray(i * 1000, (i + 1) * 1000));
+      const r = await RelayTransaction.send(pool, client, envelope('b@example.test'), () =>
+        Readable.from(pieces),
+      );
+      expect(r).toEqual({ code: 554, lines: ['5.6.0 Error: chunk refused'] });
+      const commands = write.mock.calls.flatMap((c) => String(c[0]).match(/BDAT \d+( LAST)?\r\n/g) ?? []);
+      // the first chunk, then at least the one that was refused; never the last
+      expect(commands.length).toBeGreaterThanOrEqual(2);
+      expect(commands.filter((c) => c.includes('LAST'))).toEqual([]);
+    } finally {
+      write.mockRestore();
+      pool.close();
+      await refuser.close();
+    }
   });
 });
 

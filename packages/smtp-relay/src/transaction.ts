@@ -183,7 +183,7 @@ export class RelayTransaction {
   /**
    * Sends a whole message in one go: XFORWARD, MAIL, RCPTs, DATA pipelined, then the body (`body()`
    * is only called after the 354). One reply must cover all recipients: if the next hop refuses every
-   * one, its first refusal is returned; if it refuses some but not all, the transaction is aborted and
+   * one, its first refusal is returned (its first temporary one, if any was temporary); if it refuses some but not all, the transaction is aborted and
    * 451 4.3.0 returned, so the client retries all of them and nobody gets the message twice.
    * `reserved` is used first when given (a stale one is replaced once by a fresh connection).
    */
@@ -199,6 +199,8 @@ export class RelayTransaction {
     const source = () => (chunks ??= new ChunkSource(body(), prefix));
     for (let attempt = 0; ; attempt++) {
       const { conn, reused } = attempt === 0 && reserved ? reserved : await pool.acquire(attempt > 0);
+      // a reservation waited for our client's RCPT and DATA: it may have gone stale like a pooled one
+      const stale = reused || (attempt === 0 && reserved !== undefined);
       const tx = new RelayTransaction(pool, conn, pool.options.logger);
       // a retry after a first chunk goes on from what was read (prefix included), also over DATA
       const read = chunks;
@@ -217,7 +219,7 @@ export class RelayTransaction {
         // never read it (one that took it and then died before answering is SMTP's old window for a
         // duplicate, which a 451 to our client would open just the same)
         if (
-          reused &&
+          stale &&
           attempt === 0 &&
           err instanceof RelayError &&
           err.kind === 'lost' &&
@@ -278,7 +280,8 @@ export class RelayTransaction {
 
   /**
    * The envelope's replies (XFORWARD..., MAIL, RCPT...): the refusal to give our client, or undefined
-   * when all were accepted. If the next hop refuses every recipient, its first refusal; if some but not
+   * when all were accepted. If the next hop refuses every recipient, its first refusal (the first 4xx
+   * if any was a 4xx); if some but not
    * all, 451 4.3.0 (one reply must cover all). A refused XFORWARD is a protocol error.
    */
   #refusal(replies: readonly Reply[], nx: number): Reply | undefined {
@@ -291,7 +294,9 @@ export class RelayTransaction {
     const rcpts = replies.slice(nx + 1);
     const refused = rcpts.filter((r) => r.code >= 300);
     if (!refused.length) return undefined;
-    if (refused.length === rcpts.length) return refused[0]!;
+    // every one refused: the first refusal, but a temporary one if any was (a 5xx would bounce the
+    // recipient whose refusal was only for now)
+    if (refused.length === rcpts.length) return refused.find((r) => r.code < 500) ?? refused[0]!;
     this.logger.warn(
       { next: this.target, refused: refused.map((r) => `${r.code} ${r.lines[0]}`) },
       'next hop refused some recipients',
@@ -304,7 +309,8 @@ export class RelayTransaction {
    * one chunk and has one recipient goes as BDAT LAST at once: one write and one read per message
    * (the next hop holds its replies until the last). With several recipients the LAST waits for the
    * envelope's replies, so that a next hop refusing some of them never gets the message for the others.
-   * Later chunks go without waiting; their replies are checked at the end.
+   * Later chunks go without waiting for their replies, but the last one waits for the earlier ones: a
+   * refused chunk ends the transaction without a last chunk (RFC 3030, 4.2).
    */
   async #sendChunked(head: string[], nx: number, source: ChunkSource): Promise<Reply> {
     const conn = this.conn;
@@ -342,6 +348,7 @@ export class RelayTransaction {
       return chunkReply;
     }
     const pending: Promise<Reply>[] = [];
+    let refused: Reply | undefined;
     for (let sent = false; !sent;) {
       try {
         parts = await source.next();
@@ -351,8 +358,19 @@ export class RelayTransaction {
         throw err;
       }
       sent = source.ended;
+      // a chunk refused (RFC 3030: no more BDAT after a 4xx or 5xx): the next hop never gets the last
+      // one. Before the last, every earlier chunk's reply is awaited (they are in by then as a rule,
+      // since each is answered at once); before the others, those already in are looked at
+      if (sent) refused = (await Promise.all(pending)).find((r) => r.code >= 400);
+      if (refused) {
+        this.#abort('a chunk was refused');
+        return refused;
+      }
       const w = conn.pipelineWith([bdat(parts, sent)], parts);
-      pending.push(...w.replies);
+      for (const r of w.replies) {
+        pending.push(r);
+        void r.then((reply) => (refused ??= reply.code >= 400 ? reply : undefined)).catch(() => undefined);
+      }
       await w.written;
     }
     const all = await Promise.all(pending);

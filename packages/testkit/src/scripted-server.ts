@@ -10,6 +10,8 @@ export type Stage = 'greeting' | 'ehlo' | 'xforward' | 'mail' | 'rcpt' | 'data' 
 export interface Script {
   /** Reply per stage (without CRLF). Defaults: 220/250/250/250/250/354/250/250. */
   replies?: Partial<Record<Stage, string>>;
+  /** Reply to RCPT per address (as written between the brackets), before `replies.rcpt`. */
+  rcptReplies?: Record<string, string>;
   /** Delay before replying at a stage, in ms. */
   delays?: Partial<Record<Stage, number>>;
   extensions?: string[];
@@ -36,6 +38,7 @@ const DEFAULTS: Record<Stage, string> = {
 
 export class ScriptedServer {
   readonly sessions: Session[] = [];
+  readonly #sockets = new Set<net.Socket>();
   private constructor(
     readonly server: net.Server,
     readonly port: number,
@@ -58,8 +61,12 @@ export class ScriptedServer {
     return holder.self;
   }
 
-  private reply(socket: net.Socket, stage: Stage): Promise<void> {
-    const text = this.script.replies?.[stage] ?? DEFAULTS[stage];
+  private reply(socket: net.Socket, stage: Stage, line = ''): Promise<void> {
+    const rcpt = stage === 'rcpt' ? /<([^>]*)>/.exec(line)?.[1] : undefined;
+    const text =
+      (rcpt !== undefined ? this.script.rcptReplies?.[rcpt] : undefined) ??
+      this.script.replies?.[stage] ??
+      DEFAULTS[stage];
     const delay = this.script.delays?.[stage] ?? 0;
     return new Promise((resolve) =>
       setTimeout(() => {
@@ -75,8 +82,10 @@ export class ScriptedServer {
     let buffer = Buffer.alloc(0);
     let inData = false;
     let queue = Promise.resolve();
+    this.#sockets.add(socket);
     socket.on('error', () => undefined);
     socket.on('close', () => {
+      this.#sockets.delete(socket);
       if (inData) session.abortedInData = true;
     });
     queue = queue.then(() => this.reply(socket, 'greeting'));
@@ -140,12 +149,17 @@ export class ScriptedServer {
             const r = this.script.replies?.data ?? DEFAULTS.data;
             if (r.startsWith('354')) inData = true;
           }
-          queue = queue.then(() => this.reply(socket, stage));
+          queue = queue.then(() => this.reply(socket, stage, line));
         } else {
           queue = queue.then(() => void socket.write('502 5.5.2 Error: command not recognized\r\n'));
         }
       }
     });
+  }
+
+  /** Closes every open connection from this side, as a next hop that restarts does. */
+  dropConnections(): void {
+    for (const s of this.#sockets) s.destroy();
   }
 
   close(): Promise<void> {
