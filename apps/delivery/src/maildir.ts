@@ -62,13 +62,26 @@ export async function deliverToMaildir(opts: {
   const head = Buffer.from(`Return-Path: <${opts.sender}>\r\nDelivered-To: ${opts.recipient}\r\n`, 'utf8');
   const base = uniqueName(opts.hostname);
   const write = opts.write ?? writeDurable;
-  const { path: file, bytes } = await write(
-    path.join(dir, 'new'),
-    (size) => `${base},S=${size}`,
-    [head, ...opts.message],
-    { tmpDir: path.join(dir, 'tmp'), tmpName: base },
+  const { path: file, bytes } = await forgetOnFailure(dir, () =>
+    write(path.join(dir, 'new'), (size) => `${base},S=${size}`, [head, ...opts.message], {
+      tmpDir: path.join(dir, 'tmp'),
+      tmpName: base,
+    }),
   );
   return { file, bytes };
+}
+
+/**
+ * A failed write may mean the folders are gone (a mailbox removed by hand): the next delivery makes
+ * them again, as Postfix's virtual does, instead of failing until a restart.
+ */
+async function forgetOnFailure<T>(dir: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    created.delete(dir);
+    throw err;
+  }
 }
 
 /**
@@ -89,7 +102,7 @@ export async function linkIntoMaildir(opts: {
   const name = `${uniqueName(opts.hostname)},S=${opts.size}`;
   const final = path.join(dir, 'new', name);
   try {
-    await fsp.link(opts.file, final);
+    await forgetOnFailure(dir, () => fsp.link(opts.file, final));
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
     const { path: copied } = await writeDurable(

@@ -11,13 +11,13 @@ const client = { address: '192.0.2.1', port: 25, name: 'unknown', helo: 'x', pro
 const writer = new DurableWriter();
 afterAll(() => writer.close());
 
-function queue(dir: string): Queue {
+function queue(dir: string, runDelayMs = 60_000): Queue {
   return new Queue({
     dir: path.join(dir, 'queue'),
     maildir: path.join(dir, 'mail'),
     domains: ['example.test'],
     hostname: 'mx.example.test',
-    runDelayMs: 60_000,
+    runDelayMs,
     logger: silentLogger(),
     write: (d, name, parts, opts) => writer.write(d, name, parts, opts),
   });
@@ -119,6 +119,50 @@ describe('accepting a message', () => {
       );
     }
     expect(fs.readdirSync(q.deferred)).toEqual(['TWO']);
+  });
+
+  it('defers a local recipient whose mailbox fails, delivers the others, and retries it on the queue run', async () => {
+    const dir = tmpDir('moat-queue-');
+    const q = queue(dir, 200);
+    await q.init();
+    const broken = path.join(dir, 'mail', 'example.test', 'g');
+    fs.mkdirSync(broken, { recursive: true });
+    fs.writeFileSync(path.join(broken, 'tmp'), 'not a folder');
+    const h = head('THREE', ['g@example.test', 'h@example.test', 'i@elsewhere.test']);
+    const accepted = await q.accept(h, body());
+    q.settle(h, accepted);
+    await waitFor(
+      () => fs.readdirSync(q.active).length === 0 || undefined,
+      3000,
+      'the active queue to empty',
+    );
+    // h has its copy; g waits in deferred/ with the recipient in another domain
+    expect(maildirMessages(path.join(dir, 'mail'), 'h@example.test')).toHaveLength(1);
+    const deferred = path.join(q.deferred, 'THREE');
+    expect(JSON.parse(fs.readFileSync(deferred, 'utf8').split('\n')[0]!)).toMatchObject({
+      rcpt: ['g@example.test', 'i@elsewhere.test'],
+      reason: 'local delivery failed',
+    });
+    // the mailbox is mended: the next queue run delivers g, and the file keeps only i
+    fs.rmSync(path.join(broken, 'tmp'));
+    await waitFor(
+      () => maildirMessages(path.join(dir, 'mail'), 'g@example.test').length === 1 || undefined,
+      3000,
+      'the queue run to deliver g',
+    );
+    await waitFor(
+      () =>
+        JSON.parse(fs.readFileSync(deferred, 'utf8').split('\n')[0]!).rcpt.join() === 'i@elsewhere.test' ||
+        undefined,
+      3000,
+      'the deferred file to keep only i',
+    );
+    await q.drain();
+    const [msg] = maildirMessages(path.join(dir, 'mail'), 'g@example.test');
+    expect(msg?.text).toBe(
+      'Return-Path: <a@remote.test>\r\nDelivered-To: g@example.test\r\nReceived: x\r\nSubject: s\r\n\r\nhi\r\n',
+    );
+    expect(maildirMessages(path.join(dir, 'mail'), 'h@example.test')).toHaveLength(1); // not twice
   });
 
   it('rejects when the Maildir cannot be written, and leaves nothing behind', async () => {

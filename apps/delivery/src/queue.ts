@@ -10,8 +10,9 @@
  *   active/<id>.md one local recipient in Maildir form (Return-Path and Delivered-To on top), as
  *                  releases before direct delivery queued it: no longer written, still recovered
  *                  (hard-linked into the Maildir) when found after an upgrade;
- *   deferred/<id>  what could not be delivered yet (for now: recipients in other domains, since relaying
- *                  comes with the delivery issue), retried every queueRunDelay.
+ *   deferred/<id>  what could not be delivered yet: local recipients whose mailbox failed (tried again
+ *                  every queueRunDelay, the file keeping only those still undelivered) and recipients
+ *                  in other domains (relaying comes with the delivery issue).
  *
  * A message leaves active/ only after every local copy is durable in its Maildir. At start-up whatever
  * is left in active/ (a crash between the 250 and the Maildir) is delivered again: at least once.
@@ -34,6 +35,7 @@ import type { ClientInfo } from '@moat/smtp-listener';
 import { deliverToMaildir, linkIntoMaildir } from './maildir.js';
 
 const MAILDIR_FORM = '.md';
+const RELAY_OFF = 'relaying to other domains is not enabled';
 
 export interface QueueHead extends EnvelopeFileHead {
   from: string;
@@ -82,6 +84,8 @@ export class Queue {
   #waiting: (() => void)[] = [];
   #timer: NodeJS.Timeout | undefined;
   #inflight = new Set<Promise<void>>();
+  #queueRun: Promise<void> | undefined;
+  #stopped = false;
   readonly #local: Set<string>;
 
   constructor(readonly o: QueueOptions) {
@@ -211,23 +215,18 @@ export class Queue {
       head = read.head;
       message = () => messageStream(file, read.bodyOffset);
     }
-    const remote: string[] = [];
-    for (const rcpt of head.rcpt) {
-      if (!this.isLocal(rcpt)) {
-        remote.push(rcpt);
-        continue;
-      }
-      const recipient = this.#recipient(rcpt);
-      const done = await this.#toMaildir(recipient, head.from, [
-        Buffer.isBuffer(message) ? message : message(),
-      ]);
-      this.#logDelivered(id, recipient, head.arrived, done.file);
-    }
-    if (remote.length) {
+    const remote = head.rcpt.filter((r) => !this.isLocal(r));
+    const failed = await this.#deliverLocal(
+      id,
+      head,
+      head.rcpt.filter((r) => this.isLocal(r)),
+      () => (Buffer.isBuffer(message) ? message : message()),
+    );
+    if (remote.length || failed.length) {
       const deferredHead: QueueHead = {
         ...head,
-        rcpt: remote,
-        reason: 'relaying to other domains is not enabled',
+        rcpt: [...failed, ...remote],
+        reason: failed.length ? 'local delivery failed' : RELAY_OFF,
         attempts: 1,
       };
       await writeEnvelopeFile(
@@ -236,12 +235,44 @@ export class Queue {
         [Buffer.isBuffer(message) ? message : message()],
         this.#write,
       );
-      for (const to of remote) {
-        this.o.logger.warn({ id, to, status: 'deferred', reason: deferredHead.reason }, 'deferred');
-      }
+      for (const to of remote)
+        this.o.logger.warn({ id, to, status: 'deferred', reason: RELAY_OFF }, 'deferred');
     }
     // every copy is durable in its Maildir (or in deferred/): the queue file may go without an fsync
     await removeLazily(file);
+  }
+
+  /**
+   * Delivers one copy per local recipient, each on its own: one mailbox that fails (its folder
+   * unusable, the disk full) does not hold up the others. Returns the recipients that failed, each
+   * logged as deferred with its error, for deferred/ and a later retry.
+   */
+  async #deliverLocal(
+    id: string,
+    head: QueueHead,
+    rcpts: readonly string[],
+    message: () => Buffer | Readable,
+  ): Promise<string[]> {
+    const failed: string[] = [];
+    for (const rcpt of rcpts) {
+      const recipient = this.#recipient(rcpt);
+      try {
+        const done = await this.#toMaildir(recipient, head.from, [message()]);
+        this.#logDelivered(id, recipient, head.arrived, done.file);
+      } catch (err) {
+        failed.push(rcpt);
+        this.o.logger.warn(
+          {
+            id,
+            to: recipient,
+            status: 'deferred',
+            reason: `local delivery failed: ${(err as Error).message}`,
+          },
+          'deferred',
+        );
+      }
+    }
+    return failed;
   }
 
   /** A Maildir-form queue file (see the top): link it in, then let the queue file go. */
@@ -262,20 +293,64 @@ export class Queue {
     await removeLazily(file);
   }
 
-  async #runDeferred(): Promise<void> {
+  /**
+   * The deferred queue run, every runDelayMs: local recipients are tried again (their mailbox may work
+   * now); a file keeps only the recipients still undelivered, and goes once none is left. Recipients in
+   * other domains wait for a relay transport.
+   */
+  #runDeferred(): Promise<void> {
+    this.#queueRun ??= this.#retryDeferred().finally(() => (this.#queueRun = undefined));
+    return this.#queueRun;
+  }
+
+  async #retryDeferred(): Promise<void> {
     const names = (await fsp.readdir(this.deferred).catch(() => [] as string[])).filter(
       (n) => !n.startsWith('.'),
     );
-    if (names.length)
+    let waiting = 0;
+    for (const name of names) {
+      if (this.#stopped) return;
+      try {
+        if (!(await this.#retryOne(name))) waiting++;
+      } catch (err) {
+        this.o.logger.error({ id: name, err }, 'deferred queue: could not retry this message');
+      }
+    }
+    if (waiting)
       this.o.logger.info(
-        { count: names.length },
+        { count: waiting },
         'deferred queue: nothing can deliver these yet (no relay transport)',
       );
   }
 
+  /** Tries a deferred file's local recipients again; false when it has none to try. */
+  async #retryOne(name: string): Promise<boolean> {
+    const file = path.join(this.deferred, name);
+    const { head, bodyOffset } = await readEnvelopeHead<QueueHead>(file);
+    const local = head.rcpt.filter((r) => this.isLocal(r));
+    if (!local.length) return false;
+    const failed = await this.#deliverLocal(head.id, head, local, () => messageStream(file, bodyOffset));
+    const left = [...failed, ...head.rcpt.filter((r) => !this.isLocal(r))];
+    if (!left.length) {
+      // every copy is durable in its Maildir
+      await removeLazily(file);
+    } else if (left.length < head.rcpt.length) {
+      // renamed over the old file: a crash leaves one or the other, never a recipient without a copy
+      const next: QueueHead = {
+        ...head,
+        rcpt: left,
+        reason: failed.length ? 'local delivery failed' : RELAY_OFF,
+        attempts: (head.attempts ?? 1) + 1,
+      };
+      await writeEnvelopeFile(this.deferred, next, [messageStream(file, bodyOffset)], this.#write);
+    }
+    return true;
+  }
+
   /** Waits for deliveries in progress (on stop). */
   async drain(): Promise<void> {
+    this.#stopped = true;
     clearInterval(this.#timer);
-    await Promise.allSettled([...this.#inflight]);
+    await Promise.allSettled([...this.#inflight, this.#queueRun]);
   }
 }

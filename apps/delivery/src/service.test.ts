@@ -98,12 +98,33 @@ describe('delivery', () => {
     expect(fs.readdirSync(path.join(dir, 'queue', 'deferred'))).toHaveLength(1);
   });
 
-  it('answers 451 4.3.0 when the Maildir cannot be written, and leaves nothing behind', async () => {
+  it('answers 451 4.3.0 when the Maildir cannot be written, leaves nothing behind, and makes it again', async () => {
     expect(await send(['fay@example.test'])).toMatch(/^250 /);
     const mailbox = path.join(dir, 'mail', 'example.test', 'fay');
     fs.rmSync(path.join(mailbox, 'tmp'), { recursive: true });
     expect(await send(['fay@example.test'])).toBe('451 4.3.0 Error: queue file write error');
     expect(filesUnder(mailbox).map((f) => path.relative(mailbox, f).split(path.sep)[0])).toEqual(['new']);
     expect(lines.some((l) => l.msg === 'queue write failed')).toBe(true);
+    // the mailbox removed by hand: the next message makes its folders again, as Postfix's virtual does
+    fs.rmSync(mailbox, { recursive: true });
+    expect(await send(['fay@example.test'], message({ subject: 'again' }))).toMatch(/^250 2\.0\.0 /);
+    expect(maildirMessages(path.join(dir, 'mail'), 'fay@example.test').map((m) => m.text)).toEqual([
+      expect.stringContaining('Subject: again\r\n'),
+    ]);
+  });
+
+  it('answers 451 4.3.0 when a message too large for the worker cannot be written', async () => {
+    // streamed (past the worker's 1 MiB), and the file cannot be created: the rest of the body is read
+    // and dropped, and the answer comes once it is in (lean.test.ts holds the case of a full body)
+    const mailbox = path.join(dir, 'mail', 'example.test', 'gus');
+    fs.mkdirSync(mailbox, { recursive: true });
+    fs.writeFileSync(path.join(mailbox, 'tmp'), 'not a folder');
+    const big = 'x'.repeat(998) + '\r\n';
+    const started = Date.now();
+    const final = await send(['gus@example.test'], message({ subject: 'big', body: big.repeat(2000) }));
+    expect(final).toBe('451 4.3.0 Error: queue file write error');
+    expect(Date.now() - started).toBeLessThan(5000);
+    const logged = lines.filter((l) => l.msg === 'queue write failed').at(-1);
+    expect(String((logged?.err as Error | undefined)?.message)).toMatch(/ENOTDIR|EEXIST/);
   });
 });

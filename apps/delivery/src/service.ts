@@ -55,10 +55,12 @@ export async function startDelivery(config: Readonly<MoatConfig>, logger: Logger
         try {
           accepted = await queue.accept(head, [received, body]);
         } catch (err) {
-          if (body.destroyed && !body.readableEnded) {
+          // the body's own error (the client left, or the size limit): nothing to report of the disk.
+          // A failed write leaves the body destroyed too, but without an error of its own
+          if (body.errored) {
             logger.info(
-              { id: tx.id, client: client.address },
-              'client went away during DATA; nothing queued',
+              { id: tx.id, client: client.address, err: body.errored.message },
+              'message not received in full; nothing queued',
             );
           } else {
             logger.error({ id: tx.id, err }, 'queue write failed');
