@@ -503,6 +503,7 @@ class LeanConnection {
     if (!to) return this.#send(R.badRecipient);
     const tx = this.#tx;
     if (!tx) return this.#send(R.needMail);
+    if (hasRecipient(tx, to.address)) return this.#send(R.rcptOk);
     const max = this.server.o.recipientLimit;
     if (max && tx.rcptTo.length >= max) return this.#send(R.tooManyRecipients);
     const h = this.server.o.handlers;
@@ -735,6 +736,16 @@ class LeanConnection {
       this.server.closed();
     }
   }
+}
+
+/**
+ * A recipient already in the transaction, compared as delivery files it (the local part lower-cased):
+ * a RCPT repeated, in any case, adds no copy and does not count again against the recipient limit,
+ * as Postfix's duplicate filter does. Both engines answer it 250 without asking the handler again.
+ */
+export function hasRecipient(tx: Transaction, address: string): boolean {
+  const key = address.toLowerCase();
+  return tx.rcptTo.some((r) => r.address.toLowerCase() === key);
 }
 
 /** 421 4.7.0 to a connection from outside the port's peers, before anything is read (both engines). */

@@ -1,5 +1,9 @@
+import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { handOver } from '@moat/handover';
 import { silentLogger } from '@moat/log';
 import { createListener, type HopHandlers, type Listener } from './listener.js';
 import { reply } from './replies.js';
@@ -129,9 +133,119 @@ describe.each(ENGINES)('the hop listener (%s engine)', (name) => {
     expect(resets).toEqual(['one@b.test:reset', 'two@b.test:disconnect']);
   });
 
+  it('takes a recipient given twice once: no second copy, and not counted twice against the limit', async () => {
+    const seen: string[][] = [];
+    const asked: string[] = [];
+    const l = await start(
+      {
+        rcptTo: (to) => void asked.push(to.address),
+        data: async (body, tx) => {
+          for await (const _ of body);
+          seen.push(tx.rcptTo.map((r) => r.address));
+          return reply(250, '2.0.0', 'Ok');
+        },
+      },
+      { recipientLimit: 2 },
+    );
+    const replies = await talk(l.address.port, [
+      'EHLO a.test',
+      'MAIL FROM:<a@b.test>',
+      'RCPT TO:<dup@example.test>',
+      'RCPT TO:<dup@example.test>',
+      'RCPT TO:<DUP@Example.TEST>',
+      'RCPT TO:<two@example.test>',
+      'RCPT TO:<dup@example.test>',
+      'RCPT TO:<three@example.test>',
+      'DATA',
+      'Subject: x\r\n\r\nhi\r\n.',
+      'QUIT',
+    ]);
+    expect(replies.slice(3, 9).map((r) => r.slice(0, 9))).toEqual([
+      '250 2.1.5',
+      '250 2.1.5',
+      '250 2.1.5',
+      '250 2.1.5',
+      '250 2.1.5',
+      '452 4.5.3',
+    ]);
+    expect(seen).toEqual([['dup@example.test', 'two@example.test']]);
+    expect(asked).toEqual(['dup@example.test', 'two@example.test']); // the third is refused first
+  });
+
   it('refuses a connection from outside its peers with 421 4.7.0', async () => {
     const l = await start();
     const replies = await talk(l.address.port, [], '127.0.0.3');
     expect(replies).toEqual(['421 4.7.0 Error: access denied for [127.0.0.3]: not an allowed peer']);
+  });
+});
+
+describe('closing the smtp-server engine with clients handed over to it', () => {
+  it('answers idle sessions 421 at once, lets one in a transaction finish, and only then resolves', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moat-close-'));
+    const socketPath = path.join(dir, 'h.sock');
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    engine = 'smtp-server';
+    await start(
+      {
+        async data(body) {
+          for await (const _ of body);
+          await held;
+          return reply(250, '2.0.0', 'Ok: done');
+        },
+      },
+      { handover: { socketPath, clientLimit: 0 }, closeTimeoutMs: 10_000 },
+    );
+    // the clients reach the listener as screen's do: through another process's accept and a hand-over
+    const front = net.createServer((socket) =>
+      handOver(socketPath, socket, {
+        source: { address: socket.remoteAddress!, port: socket.remotePort! },
+        destination: { address: socket.localAddress!, port: socket.localPort! },
+        counted: false,
+      }),
+    );
+    await new Promise<void>((r) => front.listen(0, '127.0.0.1', r));
+    const port = (front.address() as net.AddressInfo).port;
+    const lines = (s: net.Socket) => {
+      const got: string[] = [];
+      let buf = '';
+      s.on('data', (d) => {
+        buf += d.toString();
+        for (let nl; (nl = buf.indexOf('\r\n')) !== -1; buf = buf.slice(nl + 2)) got.push(buf.slice(0, nl));
+      });
+      return { got, ended: new Promise<void>((r) => s.on('close', () => r())) };
+    };
+    const until = async (cond: () => boolean) => {
+      while (!cond()) await new Promise((r) => setTimeout(r, 10));
+    };
+    try {
+      const idle = net.connect(port, '127.0.0.1');
+      const busy = net.connect(port, '127.0.0.1');
+      const i = lines(idle);
+      const b = lines(busy);
+      await until(() => i.got.length > 0 && b.got.length > 0);
+      busy.write('EHLO hop.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n');
+      await until(() => b.got.some((l) => l.startsWith('354')));
+      busy.write('Subject: x\r\n\r\nhello\r\n.\r\n');
+      await new Promise((r) => setTimeout(r, 50));
+      let closed = false;
+      const closing = listener!.close().then(() => (closed = true));
+      await i.ended;
+      expect(i.got.at(-1)).toBe('421 4.3.2 Service shutting down, closing transmission channel');
+      await new Promise((r) => setTimeout(r, 100));
+      expect(closed).toBe(false); // the busy session still holds it open
+      release();
+      await b.ended;
+      expect(b.got.slice(-2)).toEqual([
+        '250 2.0.0 Ok: done',
+        '421 4.3.2 Service shutting down, closing transmission channel',
+      ]);
+      await closing;
+      listener = undefined;
+    } finally {
+      release();
+      front.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -40,7 +40,7 @@ import {
   type SMTPServerSession,
 } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
-import { closeWith, createLeanListener, refuseNotAPeer } from './lean.js';
+import { closeWith, createLeanListener, hasRecipient, refuseNotAPeer } from './lean.js';
 import { LineEndingNormalizer, MessageTooBig } from './line-endings.js';
 import { type ClientInfo, forwardedClient, newQueueId } from './received.js';
 import { guarded, listenerReplies, type Reply, SmtpError } from './replies.js';
@@ -369,6 +369,8 @@ async function createSmtpServerListener(o: ListenerOptions): Promise<Listener> {
       const session = server.hopSession(raw);
       const tx = server.transaction(raw);
       if (!tx) return cb(refusal(listenerReplies.internalError()));
+      // a recipient given twice is one recipient (smtp-server keeps one in its envelope too)
+      if (hasRecipient(tx, address.address)) return cb();
       void guarded(logger, 'rcpt', () => handlers.rcptTo?.(address, tx, session)).then((r) => {
         if (r && r.code >= 400) return cb(refusal(r));
         tx.rcptTo.push(address);
@@ -432,11 +434,50 @@ async function createSmtpServerListener(o: ListenerOptions): Promise<Listener> {
     engine: 'smtp-server',
     server,
     address: { host: bound.address, port: bound.port },
-    close: () => {
+    close: async () => {
       receiver?.close();
-      return new Promise<void>((resolve) => server.close(() => resolve()));
+      await closeGracefully(server, o.closeTimeoutMs ?? 30_000);
     },
   };
+}
+
+/** Sessions between transactions: nothing of theirs would be lost by a 421 now. */
+function idle(connection: unknown): boolean {
+  const c = connection as {
+    _dataStream?: unknown;
+    _upgrading?: boolean;
+    _closing?: boolean;
+    session?: { envelope?: { mailFrom?: unknown } };
+  };
+  return !c._dataStream && !c._upgrading && !c._closing && !c.session?.envelope?.mailFrom;
+}
+
+/**
+ * Stops the server as the lean engine does: no new clients, idle sessions answered 421 at once, a
+ * session in a transaction allowed to finish it (and then answered 421) for up to `timeoutMs`, then
+ * 421 to whatever is left. smtp-server's own close() waits only while its net.Server has connections:
+ * it never sees the clients screen handed over, so on its own it returned at once and the process
+ * exited under them, cutting them without a reply.
+ */
+async function closeGracefully(server: HopServer, timeoutMs: number): Promise<void> {
+  const shut = listenerReplies.shuttingDown();
+  const answer = (all: boolean) => {
+    for (const c of server.connections) {
+      if (!all && !idle(c)) continue;
+      const conn = c as unknown as ConnectionInternals & { close(): void };
+      conn.send(shut.code, shut.lines[0], false);
+      conn.close();
+    }
+  };
+  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+  const deadline = Date.now() + timeoutMs;
+  answer(false);
+  while (server.connections.size && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 50));
+    answer(false);
+  }
+  answer(true);
+  await closed;
 }
 
 /**
