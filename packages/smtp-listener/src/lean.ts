@@ -474,6 +474,8 @@ class LeanConnection {
     const limit = this.server.o.messageSizeLimit;
     const size = from.args ? Number((from.args as Record<string, unknown>).SIZE) : NaN;
     if (size > limit) return this.#send(R.tooBigForSize(limit));
+    if (undeclaredUnicode(from.address, from.args))
+      return this.#send(formatReply(listenerReplies.utf8Undeclared()));
     const tx: Transaction = {
       id: newQueueId(),
       startedAt: Date.now(),
@@ -503,6 +505,8 @@ class LeanConnection {
     if (!to) return this.#send(R.badRecipient);
     const tx = this.#tx;
     if (!tx) return this.#send(R.needMail);
+    if (undeclaredUnicode(to.address, tx.mailFrom.args))
+      return this.#send(formatReply(listenerReplies.utf8Undeclared()));
     if (hasRecipient(tx, to.address)) return this.#send(R.rcptOk);
     const max = this.server.o.recipientLimit;
     if (max && tx.rcptTo.length >= max) return this.#send(R.tooManyRecipients);
@@ -736,6 +740,11 @@ class LeanConnection {
       this.server.closed();
     }
   }
+}
+
+/** A non-ASCII address in a transaction whose MAIL did not declare SMTPUTF8 (RFC 6531): 553 5.6.7. */
+function undeclaredUnicode(address: string, mailArgs: Address['args']): boolean {
+  return /[^\p{ASCII}]/u.test(address) && !(mailArgs && (mailArgs as Record<string, unknown>).SMTPUTF8);
 }
 
 /**

@@ -172,10 +172,117 @@ describe.each(ENGINES)('the hop listener (%s engine)', (name) => {
     expect(asked).toEqual(['dup@example.test', 'two@example.test']); // the third is refused first
   });
 
+  it('refuses a non-ASCII address without MAIL ... SMTPUTF8 with 553 5.6.7, as Postfix does', async () => {
+    const l = await start();
+    const replies = await talk(l.address.port, [
+      'EHLO a.test',
+      'MAIL FROM:<jürgen@b.test>',
+      'MAIL FROM:<a@b.test>',
+      'RCPT TO:<üser@example.test>',
+      'RSET',
+      'MAIL FROM:<jürgen@b.test> SMTPUTF8',
+      'RCPT TO:<üser@example.test>',
+      'QUIT',
+    ]);
+    const undeclared = '553 5.6.7 Must declare SMTPUTF8 to send unicode address';
+    expect(replies.slice(2, 8).map((r) => (r.startsWith('250') ? r.slice(0, 3) : r))).toEqual([
+      undeclared,
+      '250',
+      undeclared,
+      '250',
+      '250',
+      '250',
+    ]);
+  });
+
   it('refuses a connection from outside its peers with 421 4.7.0', async () => {
     const l = await start();
     const replies = await talk(l.address.port, [], '127.0.0.3');
     expect(replies).toEqual(['421 4.7.0 Error: access denied for [127.0.0.3]: not an allowed peer']);
+  });
+});
+
+describe('domains on the smtp-server engine (the public MX)', () => {
+  it('passes every domain on in ASCII form as written, and refuses full stops of other scripts', async () => {
+    engine = 'smtp-server';
+    const asked: string[] = [];
+    const l = await start({ rcptTo: (to) => void asked.push(to.address) });
+    const replies = await talk(l.address.port, [
+      'EHLO a.test',
+      'MAIL FROM:<a@xn--bcher-kva.test>',
+      'RCPT TO:<u@xn--bcher-kva.test>',
+      'RCPT TO:<v@example.xn--test->',
+      'RCPT TO:<w@Example.TEST>',
+      'RCPT TO:<x@example。test>',
+      'RCPT TO:<y@EXAMPLE．TEST>',
+      'RSET',
+      'MAIL FROM:<a@bücher.test> SMTPUTF8',
+      'RCPT TO:<z@Bücher.test>',
+      'QUIT',
+    ]);
+    expect(replies.slice(2, 11).map((r) => r.slice(0, 9))).toEqual([
+      '250 2.1.0',
+      '250 2.1.5',
+      '250 2.1.5',
+      '250 2.1.5',
+      '501 5.1.3',
+      '501 5.1.3',
+      '250 2.0.0',
+      '250 2.1.0',
+      '250 2.1.5',
+    ]);
+    // smtp-server alone would have given u@bücher.test, v@example.test (punycode reads "xn--test-"
+    // as "test") and accepted the other full stops as "."
+    expect(asked).toEqual([
+      'u@xn--bcher-kva.test',
+      'v@example.xn--test-',
+      'w@Example.TEST',
+      'z@xn--bcher-kva.test',
+    ]);
+  });
+});
+
+describe('the error limit on the smtp-server engine (smtpd_hard_error_limit)', () => {
+  it('answers the command after the limit 421 4.7.0 and ends the session; an accepted message forgives', async () => {
+    engine = 'smtp-server';
+    const l = await start(
+      {
+        rcptTo: (to) =>
+          to.address.endsWith('@example.test') ? undefined : reply(554, '5.7.1', 'Relay access denied'),
+      },
+      { errorLimit: 3 },
+    );
+    const probe = await talk(l.address.port, [
+      'EHLO a.test',
+      'RCPT TO:<a@example.test>',
+      'MAIL FROM:<a@b.test>',
+      'RCPT TO:<x@elsewhere.test>',
+      'RCPT TO:<y@elsewhere.test>',
+      'NOOP',
+      'NOOP',
+    ]);
+    expect(probe.slice(2)).toEqual([
+      '503 5.5.1 Error: need MAIL command',
+      '250 2.1.0 Accepted',
+      '554 5.7.1 Relay access denied',
+      '554 5.7.1 Relay access denied',
+      '421 4.7.0 mx.example.test Error: too many errors',
+    ]);
+    const forgiven = await talk(l.address.port, [
+      'EHLO a.test',
+      'MAIL FROM:<a@b.test>',
+      'RCPT TO:<x@elsewhere.test>',
+      'RCPT TO:<y@elsewhere.test>',
+      'RCPT TO:<a@example.test>',
+      'DATA',
+      'Subject: x\r\n\r\nhi\r\n.',
+      'MAIL FROM:<a@b.test>',
+      'RCPT TO:<x@elsewhere.test>',
+      'RCPT TO:<y@elsewhere.test>',
+      'NOOP',
+      'QUIT',
+    ]);
+    expect(forgiven.slice(-5).map((r) => r.slice(0, 3))).toEqual(['250', '554', '554', '250', '221']);
   });
 });
 

@@ -30,6 +30,7 @@
  */
 import net from 'node:net';
 import type { Readable } from 'node:stream';
+import { domainToASCII } from 'node:url';
 import { NetworkList, parseHostPort } from '@moat/config';
 import { type HandedSocket, HandoverReceiver } from '@moat/handover';
 import type { Logger } from '@moat/log';
@@ -113,6 +114,12 @@ export interface ListenerOptions {
   /** Grace period for open sessions on stop, then 421. */
   closeTimeoutMs?: number;
   /**
+   * smtp-server engine (the MX): after this many 4xx and 5xx replies without a message accepted, the
+   * next command gets `421 4.7.0 <hostname> Error: too many errors` and the session ends (Postfix's
+   * smtpd_hard_error_limit). 0 or absent: no limit.
+   */
+  errorLimit?: number;
+  /**
    * `lean` (our own server, lean.ts) for the hops between Moat's services; `smtp-server` for the
    * public MX. Default: lean unless TLS, PROXY or handover is asked for.
    */
@@ -147,8 +154,46 @@ function uncorkTurn(): void {
   for (const connection of list) connection.releaseCork();
 }
 
+/** 4xx and 5xx replies of a session since it last had a message accepted (see `errorLimit`). */
+const sessionErrors = new WeakMap<object, number>();
+
+/** Addresses whose command had a byte outside ASCII: they need MAIL ... SMTPUTF8 (RFC 6531). */
+const unicodeAddresses = new WeakSet<object>();
+const NON_ASCII = /[^\p{ASCII}]/u;
+/** Full stops of other scripts, which smtp-server's punycode would read as "." (SMTP has only "."). */
+const OTHER_DOTS = /[\u3002\uff0e\uff61]/;
+
+/** True when `address` came in a command with non-ASCII bytes and the transaction did not declare SMTPUTF8. */
+function undeclaredUnicode(address: object, mailArgs: unknown): boolean {
+  return unicodeAddresses.has(address) && !(mailArgs && (mailArgs as Record<string, unknown>).SMTPUTF8);
+}
+
 /** SMTPConnection without the fixed wait before the banner, and with explicit enhanced codes. */
 class HopConnection extends SMTPConnection {
+  /**
+   * smtp-server turns every domain into Unicode (punycode.toUnicode). Domains go on in their ASCII
+   * form instead (an IDN's A-label, as `domains` lists it and DNS knows it), so relay protection, the
+   * recipient table and the next hops see one spelling; a non-ASCII command is marked for the SMTPUTF8
+   * rule; and the full stops of other scripts, which it would have read as ".", are a syntax error.
+   */
+  override _parseAddressCommand(rawName: string, rawCommand: Buffer | string) {
+    const command = rawCommand.toString();
+    if (OTHER_DOTS.test(command)) return false;
+    const parsed = super._parseAddressCommand(rawName, rawCommand);
+    if (!parsed || !parsed.address) return parsed;
+    // the domain as the client wrote it (toUnicode also reads "xn--test-" as "test"), in ASCII form
+    const at = parsed.address.lastIndexOf('@');
+    const written = /<([^<>]*)>/.exec(command)?.[1] ?? '';
+    const domain = written.slice(written.lastIndexOf('@') + 1);
+    if (at >= 0 && !domain.startsWith('[')) {
+      const ascii = NON_ASCII.test(domain) ? domainToASCII(domain) : domain;
+      if (!ascii) return false;
+      parsed.address = `${parsed.address.slice(0, at)}@${ascii}`;
+    }
+    if (NON_ASCII.test(command)) unicodeAddresses.add(parsed);
+    return parsed;
+  }
+
   override init(): void {
     const self = this as unknown as ConnectionInternals;
     self._setListeners(() => {
@@ -173,7 +218,23 @@ class HopConnection extends SMTPConnection {
     socket?.uncork();
   }
 
+  override _onCommand(command: Buffer, callback?: () => void): void {
+    const self = this as unknown as ConnectionInternals & { _upgrading?: boolean; close(): void };
+    const limit = self._server.hop.errorLimit ?? 0;
+    if (limit > 0 && !self._upgrading && (sessionErrors.get(self.session) ?? 0) >= limit) {
+      self.send(421, `4.7.0 ${self._server.hop.hostname} Error: too many errors`, false);
+      self.close();
+      callback?.();
+      return;
+    }
+    super._onCommand(command, callback);
+  }
+
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
+    if (code >= 400 && code !== 421) {
+      const session = (this as unknown as ConnectionInternals).session;
+      sessionErrors.set(session, (sessionErrors.get(session) ?? 0) + 1);
+    }
     // Replies produced in one turn of the event loop (a pipelined XFORWARD, MAIL, RCPT, DATA) leave in
     // one write: each write on a no-delay socket is a syscall and a wake-up of the peer. One
     // setImmediate per turn for every connection that replied, not one per reply.
@@ -355,6 +416,7 @@ async function createSmtpServerListener(o: ListenerOptions): Promise<Listener> {
       );
     },
     onMailFrom(address, raw, cb) {
+      if (undeclaredUnicode(address, address.args)) return cb(refusal(listenerReplies.utf8Undeclared()));
       const session = server.hopSession(raw);
       const tx = server.beginTransaction(raw, address);
       void guarded(logger, 'mail', () => handlers.mailFrom?.(tx, session)).then((r) => {
@@ -369,6 +431,7 @@ async function createSmtpServerListener(o: ListenerOptions): Promise<Listener> {
       const session = server.hopSession(raw);
       const tx = server.transaction(raw);
       if (!tx) return cb(refusal(listenerReplies.internalError()));
+      if (undeclaredUnicode(address, tx.mailFrom.args)) return cb(refusal(listenerReplies.utf8Undeclared()));
       // a recipient given twice is one recipient (smtp-server keeps one in its envelope too)
       if (hasRecipient(tx, address.address)) return cb();
       void guarded(logger, 'rcpt', () => handlers.rcptTo?.(address, tx, session)).then((r) => {
@@ -410,6 +473,7 @@ async function createSmtpServerListener(o: ListenerOptions): Promise<Listener> {
         // past the size limit the reply is ours, whatever the handler made of its failed stream
         const final = tooBig ? listenerReplies.messageTooBig() : (r ?? listenerReplies.internalError());
         if (final.code >= 400) return cb(toError(final));
+        sessionErrors.delete(raw); // a message accepted: the client's errors are forgiven
         cb(null, final.lines.join('\n'));
       });
     },

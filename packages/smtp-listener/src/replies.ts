@@ -48,6 +48,8 @@ export const listenerReplies = {
   /** A handed-over client past its open-connection limit (postscreen's words for the same limit). */
   tooManyConnections: () => reply(421, '4.7.0', 'Error: too many connections'),
   shuttingDown: () => reply(421, '4.3.2', 'Service shutting down, closing transmission channel'),
+  /** Postfix's smtpd, word for word: a non-ASCII address in a transaction without MAIL ... SMTPUTF8. */
+  utf8Undeclared: () => reply(553, '5.6.7', 'Must declare SMTPUTF8 to send unicode address'),
 } as const;
 
 /** Runs a handler, turning throws into 451 4.3.0 (never a 5xx for our own failure). */

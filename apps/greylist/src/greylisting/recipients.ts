@@ -9,6 +9,8 @@
  * recipient_delimiter '+'); `postmaster@<local domain>` is always known (RFC 5321 section 4.5.1).
  * Only local domains are judged here: relay protection has already refused the others.
  */
+import { unquoteLocal } from '../checks/relay.js';
+
 export interface KnownRecipients {
   /** True when the table is on and the address is not in it. */
   unknown(address: string, domain: string): boolean;
@@ -25,9 +27,10 @@ export function compileRecipients(entries: readonly string[], enabled: boolean):
   return {
     unknown(address, domain) {
       if (!enabled || domain === '') return false;
-      const a = address.toLowerCase();
+      // judged as relay protection and delivery read it: past a source route, the local part unquoted
+      const a = address.replace(/^@[^:]*:/, '').toLowerCase();
       const at = a.lastIndexOf('@');
-      const local = a.slice(0, at);
+      const local = unquoteLocal(a.slice(0, at));
       if (catchAll.has(domain) || addresses.has(`${local}@${domain}`) || local === 'postmaster') return false;
       const plus = local.indexOf('+');
       return !(plus > 0 && addresses.has(`${local.slice(0, plus)}@${domain}`));

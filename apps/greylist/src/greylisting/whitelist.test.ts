@@ -64,6 +64,14 @@ describe('known recipients', () => {
     expect(r.unknown('postmaster@example.test', 'example.test')).toBe(false);
     expect(compileRecipients([], false).unknown('alice@example.test', 'example.test')).toBe(false);
   });
+
+  it('reads a quoted local part and a source route as relay protection and delivery do', () => {
+    const r = compileRecipients(['bob@example.test'], true);
+    expect(r.unknown('"bob"@example.test', 'example.test')).toBe(false);
+    expect(r.unknown('"bob+x"@example.test', 'example.test')).toBe(false);
+    expect(r.unknown('@hop.test:bob@example.test', 'example.test')).toBe(false);
+    expect(r.unknown('"alice"@example.test', 'example.test')).toBe(true);
+  });
 });
 
 describe('watched files', () => {
