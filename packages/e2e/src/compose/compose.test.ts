@@ -685,6 +685,35 @@ describe('docker-compose.yml', () => {
     expect(problems, problems.join('\n')).toEqual([]);
   });
 
+  it('gives screen and greylist one reputation store that outlives their containers', () => {
+    // sqlite (the default) is a file under dataDir: in a container it is the container's own, gone
+    // with it, and never the other service's. In compose the store is the redis service, on a volume
+    const problems: string[] = [];
+    const stores = new Set<string>();
+    for (const [name, service] of services) {
+      const app = appOf(service, apps)?.name;
+      const cfg = loaded.get(name)?.config;
+      if ((app !== 'screen' && app !== 'greylist') || !cfg) continue;
+      stores.add(cfg.store);
+      const host = /^rediss?:\/\/(?:[^@/]*@)?([^:/]+)/.exec(cfg.store)?.[1];
+      if (!host) {
+        problems.push(
+          `service ${name}: store ${cfg.store} is not shared (set MOAT_STORE to the redis service)`,
+        );
+        continue;
+      }
+      const redis = compose.services[host];
+      if (!redis) problems.push(`service ${name}: store host ${host} is not a service`);
+      else if (!mountsOf(redis).some((m) => m.named && m.target === '/data'))
+        problems.push(`service ${host}: keeps its data in its container (no named volume on /data)`);
+      const waits = service.depends_on as Record<string, { condition?: string }> | undefined;
+      if (waits?.[host]?.condition !== 'service_healthy')
+        problems.push(`service ${name}: does not wait for ${host} to be healthy`);
+    }
+    if (stores.size > 1) problems.push(`screen and greylist use different stores: ${[...stores].join(', ')}`);
+    expect(problems, problems.join('\n')).toEqual([]);
+  });
+
   it('pins every pulled image and builds from existing Dockerfiles', () => {
     const problems: string[] = [];
     for (const [name, service] of services) {
