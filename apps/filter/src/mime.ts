@@ -36,6 +36,11 @@ export interface MimeSummary {
   mimeErrors: string[];
   /** Limits reached while looking (archive too deep, too large, too many entries). */
   notes: string[];
+  /**
+   * Why the walk stopped before the end of the message (the parser's limits: more than 1000 parts, a
+   * part's header over 1 MB; or the spool failed): the parts after that point were never seen.
+   */
+  stopped?: string;
 }
 
 export interface WalkOptions {
@@ -326,7 +331,9 @@ export async function walkMime(source: Readable, o: WalkOptions): Promise<MimeSu
       }
     }
   } catch (err) {
-    out.mimeErrors.push(`MIME error: ${(err as Error).message.slice(0, 200)}`);
+    const why = (err as Error).message.slice(0, 200);
+    out.mimeErrors.push(`MIME error: ${why}`);
+    out.stopped = why;
   }
   closeLeaf();
   await Promise.allSettled(pending);

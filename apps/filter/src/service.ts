@@ -93,10 +93,14 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
   const delivery = poolFor('delivery', c.next, c, config.hostname, logger);
   const quarantine = poolFor('quarantine', c.quarantine, c, config.hostname, logger);
   const clamd = new ClamdClient(parseClamd(c.clamd));
-  const spamd = new SpamdClient(c.spamd, {
-    timeoutMs: c.spamdTimeout,
-    connectTimeoutMs: Math.min(5000, c.spamdTimeout),
-  });
+  const spamd =
+    c.spamd === 'off'
+      ? undefined
+      : new SpamdClient(c.spamd, {
+          timeoutMs: c.spamdTimeout,
+          connectTimeoutMs: Math.min(5000, c.spamdTimeout),
+        });
+  if (!spamd) logger.warn('filter.spamd is off: no message is scored for spam');
   const rules = parseBannedRules(c.bannedFiles);
   const policy = new Policy(c, config.domains);
   const walkOptions = {
@@ -128,7 +132,13 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
     return { results: { virus, spam, banned, badHeader }, head };
   }
 
-  async function act(tx: Transaction, spool: MessageSpool, d: Decision, head: Head): Promise<Reply> {
+  /** Quarantines and delivers as decided; `quarantined` says whether quarantine took its copy. */
+  async function act(
+    tx: Transaction,
+    spool: MessageSpool,
+    d: Decision,
+    head: Head,
+  ): Promise<{ r: Reply; quarantined: boolean }> {
     const received = hopReceived(tx, { hostname: config.hostname, service: 'filter' });
     if (d.quarantineTo.length) {
       const q = await relay(
@@ -142,11 +152,12 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
       );
       if (q.code >= 300) {
         logger.warn({ id: tx.id, reply: fmt(q) }, 'quarantine refused the message');
-        return filterReplies.quarantineFailed(tx.id);
+        return { r: filterReplies.quarantineFailed(tx.id), quarantined: false };
       }
     }
-    if (d.action !== 'pass') return d.reply!;
-    return relay(
+    const quarantined = d.quarantineTo.length > 0;
+    if (d.action !== 'pass') return { r: d.reply!, quarantined };
+    const r = await relay(
       delivery,
       tx,
       d.deliverTo,
@@ -155,6 +166,7 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
       logger,
       'delivery',
     );
+    return { r, quarantined };
   }
 
   const listener = await createListener({
@@ -195,7 +207,7 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
               dsnCutoffLevel: c.dsnCutoffLevel,
             },
           );
-          const r = await act(tx, spool, d, head);
+          const { r, quarantined } = await act(tx, spool, d, head);
           const actedMs = Math.round(performance.now() - started);
           const outcome =
             r.code >= 400
@@ -226,7 +238,7 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
               ),
               result: `${d.action === 'pass' && r.code < 300 ? 'Passed' : 'Blocked'} ${CATEGORY_WORDS[d.category]}`,
               delivered: d.action === 'pass' && r.code < 300 ? d.deliverTo : [],
-              quarantined: d.quarantineTo.length > 0 && r.code < 400 ? d.quarantineTo : [],
+              quarantined: quarantined ? d.quarantineTo : [],
               ...(d.dsnSuppressed ? { dsn: 'suppressed' } : {}),
               ...(c.scannerFailure === 'pass' ? { scannerFailure: 'pass' } : {}),
               spoolMs: spooledMs,

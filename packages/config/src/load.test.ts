@@ -54,6 +54,14 @@ describe('loadConfig', () => {
     expect(off.config.screen.handover).toBe(false);
   });
 
+  it('lets spamd be off, never clamd (no message passes without a virus scan)', () => {
+    const load = (env: Record<string, string>) => loadConfig({ file: '/nonexistent/moat.yaml', env });
+    expect(load({ MOAT_FILTER_SPAMD: 'off' }).config.filter.spamd).toBe('off');
+    expect(() => load({ MOAT_FILTER_CLAMD: 'off' })).toThrow(
+      /filter\.clamd: expected host:port, a socket path or managed \(clamd\)/,
+    );
+  });
+
   it('reads the file and lets MOAT_* variables override any key', () => {
     const file = tmpFile(
       'hostname: mx.example.test\ndomains: [example.test]\ngreylist:\n  listen: 127.0.0.1:20023\n',

@@ -94,6 +94,9 @@ async function expectRejectedAndQuarantined(
   expect(q.head.rcpt).toEqual([to]);
   expect(q.head.from).toBe('alice@remote.test');
   expect(maildirMessages(chain.maildir, to)).toHaveLength(0);
+  // the filter's line for the message says where it went: quarantined, although the client got a 554
+  const line = await chain.processes.get('filter')!.waitForLog((l) => l.id === id && 'quarantined' in l);
+  expect(line).toMatchObject({ quarantined: [to], delivered: [] });
   return { id, quarantine: q };
 }
 
@@ -143,6 +146,20 @@ describe('spam, banned files, ham', () => {
     );
     expect(headerValues(quarantine.text, 'X-Spam-Status')[0]).toMatch(
       /^Yes, score=\d{3,4}(\.\d+)? tagged_above=-999 required=6\.2\s+tests=\[.*GTUBE=1000/,
+    );
+  });
+
+  it('GTUBE padded past filter.spamMaxSize: still scored (its first 512k, as amavis truncates), rejected', async () => {
+    const padding = `${'padding line to push the message past spamMaxSize '.repeat(20)}\n`.repeat(600); // 600 KB
+    const body = path.join(files, 'padded.txt');
+    fs.writeFileSync(body, `This is spam.\n${GTUBE}\n${padding}`);
+    const { quarantine } = await expectRejectedAndQuarantined(
+      's2@example.test',
+      ['--header', 'Subject: padded gtube', '--body', `@${body}`],
+      /^SPAM$/,
+    );
+    expect(headerValues(quarantine.text, 'X-Moat-Results')[0]).toMatch(
+      /spam=fail \(score=\d+(\.\d+)? required=[\d.]+ \(first 524288 of \d+ bytes\)/,
     );
   });
 

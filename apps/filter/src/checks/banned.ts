@@ -4,6 +4,7 @@
  * declared name, declared MIME type and detected type (`.exe-ms`, ...), and UNDECIPHERABLE when it is
  * encrypted. The rules are tried in order and the first that matches any of these decides: a ban, or
  * (`allow /re/`) a pass, so `allow /^\.(rpm|cpio|tar)$/` before a ban lets anything inside a tar through.
+ * A walk that stopped early (the MIME parser's limits) is an error (UNCHECKED) unless a ban was found.
  */
 import { candidates, type MimeSummary } from '../mime.js';
 import { type CheckResult, timed } from './types.js';
@@ -57,8 +58,13 @@ export function bannedCheck(
   return timed<BannedData>(
     'banned',
     async () => {
-      const data = evaluateBanned(await mime, rules);
+      const walked = await mime;
+      const data = evaluateBanned(walked, rules);
       if (data.banned.length) return { outcome: 'fail', detail: `BANNED: ${data.banned.join(', ')}`, data };
+      // parts after the point where the walk stopped were never judged: unknown, not clean (amavis:
+      // a message it cannot take apart is UNCHECKED)
+      if (walked.stopped)
+        return { outcome: 'error', detail: `MIME structure not read to the end: ${walked.stopped}`, data };
       const extra = data.notes.length ? ` (${data.notes.length} limit notes)` : '';
       return { outcome: 'pass', detail: `no banned parts${extra}`, data };
     },

@@ -8,7 +8,7 @@ import { schema } from '@moat/config';
 import { walkMime } from '../mime.js';
 import { zip } from '@moat/testkit';
 import { headerProblems } from './badHeaders.js';
-import { evaluateBanned, parseBannedRules } from './banned.js';
+import { bannedCheck, evaluateBanned, parseBannedRules } from './banned.js';
 import { parseReportTests } from './spam.js';
 import { classifyClamd, parseClamd, virusCheck } from './virus.js';
 
@@ -53,6 +53,31 @@ describe('virus: clamd replies, classified so that only OK is clean', () => {
     silent.close();
     expect(r).toMatchObject({ outcome: 'error', detail: 'clamd: no verdict within 300 ms' });
     expect(r.ms).toBeLessThan(1500);
+  });
+
+  it.each([
+    [
+      'before the message was sent',
+      // answers at once and reads no more: the rest of the 8 MB cannot be sent before the reply comes
+      (s: net.Socket) => s.once('data', () => (s.pause(), s.write('1: stream: OK\0'))),
+    ],
+    [
+      "with another scan's id",
+      (s: net.Socket) =>
+        s.on('data', (d) => d.includes(Buffer.from([0, 0, 0, 0])) && s.write('7: stream: OK\0')),
+    ],
+  ])('an OK %s is an error, never clean', async (_, behave) => {
+    const fake = net.createServer((s) => behave(s));
+    await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+    const port = (fake.address() as net.AddressInfo).port;
+    const r = await virusCheck(input('z'.repeat(8_000_000)), {
+      clamd: { host: '127.0.0.1', port },
+      timeoutMs: 3000,
+      encryptedArchives: 'unchecked',
+    });
+    fake.close();
+    expect(r.outcome).toBe('error');
+    expect(r.detail).toMatch(/^clamd: a reply that is not this scan's verdict: \d+: stream: OK/);
   });
 
   it('a limit reply from clamd is an error (unchecked), not a pass', async () => {
@@ -181,6 +206,28 @@ describe('banned files and the MIME walk', () => {
     const r = await walk(mail('many.zip', 'application/zip', many), { archiveMaxFiles: 5 });
     expect(r.parts.filter((p) => p.chain.length === 2)).toHaveLength(5);
     expect(r.notes.join()).toMatch(/more than archiveMaxFiles/);
+  });
+
+  it('is unchecked, not clean, when the MIME walk stops before the end (more than 1000 parts)', async () => {
+    // mailsplit stops at 1000 parts; what follows (here an executable) is never seen by the walk
+    const exe = Buffer.concat([Buffer.from('MZ'), Buffer.alloc(200, 0x90)]);
+    const filler = Array.from({ length: 1001 }, () => '--b\r\nContent-Type: text/plain\r\n\r\nx\r\n').join(
+      '',
+    );
+    const raw =
+      'From: a@b.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n' +
+      filler +
+      '--b\r\nContent-Type: application/octet-stream; name="invoice.pdf.exe"\r\nContent-Transfer-Encoding: base64\r\n\r\n' +
+      `${exe.toString('base64')}\r\n--b--\r\n`;
+    const r = await bannedCheck(walk(raw), rules);
+    expect(r.outcome).toBe('error');
+    expect(r.detail).toMatch(/^MIME structure not read to the end: .*child nodes/i);
+    // a ban found before the walk stopped is still a ban
+    const early = raw.replace(
+      '--b\r\n',
+      `--b\r\nContent-Type: application/octet-stream; name="setup.exe"\r\n\r\nMZ\r\n--b\r\n`,
+    );
+    expect((await bannedCheck(walk(early), rules)).outcome).toBe('fail');
   });
 
   it('never throws on malformed MIME; reports MIME errors', async () => {

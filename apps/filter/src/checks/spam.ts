@@ -1,8 +1,10 @@
 /**
  * spam: SpamAssassin through spamd (packages/spamassassin-client), one REPORT request per message,
  * streamed from the spool. REPORT gives the score, spamd's own threshold and the rule table, from which
- * the tests list (`GTUBE=1000, ...`) and X-Spam-Report are made. Messages above spamMaxSize are not
- * sent and the result says so (amavis' skip of oversized messages); every spamd failure is an error.
+ * the tests list (`GTUBE=1000, ...`) and X-Spam-Report are made. Of a message above spamMaxSize only
+ * the first spamMaxSize bytes are sent, and the result says so (amavis truncates the same way: a
+ * message padded past the limit is still scored on its headers and the start of its body). With
+ * `filter.spamd: off` nothing is sent and the result says that. Every spamd failure is an error.
  */
 import { SpamdError, type SpamdClient } from 'spamassassin-client';
 import { type CheckResult, type ScanInput, timed } from './types.js';
@@ -18,8 +20,10 @@ export interface SpamData {
   score?: number;
   threshold?: number;
   tests: SpamTest[];
-  /** Why there is no score: `size` (above spamMaxSize) or the failure. */
+  /** Why there is no score: `off` (filter.spamd: off) or the failure. */
   skipped?: string;
+  /** Only the first spamMaxSize bytes were scored. */
+  truncated?: boolean;
 }
 
 /**
@@ -55,7 +59,8 @@ export function parseReportTests(report: string): SpamTest[] {
 }
 
 export interface SpamDeps {
-  spamd: SpamdClient;
+  /** Undefined with `filter.spamd: off`. */
+  spamd: SpamdClient | undefined;
   maxSize: number;
 }
 
@@ -63,20 +68,24 @@ export function spamCheck(msg: ScanInput, deps: SpamDeps): Promise<CheckResult<S
   return timed<SpamData>(
     'spam',
     async () => {
-      if (msg.size > deps.maxSize) {
-        return {
-          outcome: 'pass',
-          detail: `skipped: size ${msg.size} > spamMaxSize ${deps.maxSize}`,
-          data: { tests: [], skipped: 'size' },
-        };
-      }
+      if (!deps.spamd)
+        return { outcome: 'pass', detail: 'skipped: spamd off', data: { tests: [], skipped: 'off' } };
       try {
-        const r = await deps.spamd.report({ stream: msg.stream(), length: msg.size });
+        const r = await deps.spamd.report(
+          { stream: msg.stream(), length: msg.size },
+          { maxSize: deps.maxSize, truncate: true },
+        );
         const tests = parseReportTests(r.report);
+        const cut = r.truncated ? ` (first ${deps.maxSize} of ${msg.size} bytes)` : '';
         return {
           outcome: r.isSpam ? 'fail' : 'pass',
-          detail: `score=${r.score} required=${r.threshold}`,
-          data: { score: r.score, threshold: r.threshold, tests },
+          detail: `score=${r.score} required=${r.threshold}${cut}`,
+          data: {
+            score: r.score,
+            threshold: r.threshold,
+            tests,
+            ...(r.truncated ? { truncated: true } : {}),
+          },
         };
       } catch (err) {
         const what =

@@ -42,7 +42,7 @@ export function parseClamd(address: string): ClamdTarget {
 
 export class ClamdError extends Error {
   constructor(
-    readonly kind: 'timeout' | 'connect' | 'closed',
+    readonly kind: 'timeout' | 'connect' | 'closed' | 'protocol',
     message: string,
   ) {
     super(message);
@@ -205,7 +205,16 @@ export class ClamdClient {
             const m = ID_PREFIX.exec(raw);
             const text = (m ? raw.slice(m[0].length) : raw).trim();
             const ours = m !== null && Number(m[1]) === id;
-            finish(undefined, text, ours && written && !extra && SESSION_KEPT.test(text));
+            // OK or FOUND is only this scan's verdict with our id, once clamd has the whole stream (it
+            // scans after the terminating chunk); an ERROR (a limit) is an error whenever it comes
+            if (!/ERROR$/.test(text) && (!ours || !written))
+              return finish(
+                new ClamdError(
+                  'protocol',
+                  `clamd: a reply that is not this scan's verdict: ${raw.slice(0, 80)}`,
+                ),
+              );
+            finish(undefined, text, written && !extra && SESSION_KEPT.test(text));
           },
           closed: (partial, connected, err) => {
             const m = ID_PREFIX.exec(partial);

@@ -10,14 +10,17 @@ import { internalListener, nextHop } from './hop.js';
 /**
  * A scanner daemon: `host:port`, a unix socket path (`/run/clamav/clamd.ctl`), or `managed`: npm start
  * runs the daemon itself under dataDir/daemons and hands the filter its address (a filter started on
- * its own refuses `managed`). There is no "off": a message is never passed unscanned.
+ * its own refuses `managed`). clamd has no "off": a message is never passed without a virus scan.
+ * spamd may be `off` (no spam scoring at all, recorded as `spam=pass (skipped: spamd off)` in each
+ * message's X-Moat-Results, as amavis without a spam scanner): for machines too small for spamd.
  */
-const scanner = (what: string) =>
+const scanner = (what: string, off = false) =>
   z
     .string()
-    .refine((v) => v === 'managed' || v.startsWith('/') || parseHostPort(v) !== undefined, {
-      message: `expected host:port, a socket path or managed (${what})`,
-    })
+    .refine(
+      (v) => v === 'managed' || (off && v === 'off') || v.startsWith('/') || parseHostPort(v) !== undefined,
+      { message: `expected host:port, a socket path${off ? ', managed or off' : ' or managed'} (${what})` },
+    )
     .default('managed');
 
 /** The content categories, in amavis' priority order (the first one present decides). */
@@ -116,10 +119,13 @@ export const filter = z
     /** The whole clamd scan: connect, stream, verdict. */
     clamdTimeout: duration('60s'),
     /** spamd (SPAMC/1.5, REPORT). */
-    spamd: scanner('spamd'),
+    spamd: scanner('spamd', true),
     /** The whole spamd request: connect, send, scan, response. */
     spamdTimeout: duration('60s'),
-    /** Larger messages are not sent to spamd (recorded as skipped); amavis' sample: 400k. */
+    /**
+     * Of a larger message only the first this many bytes go to spamd (recorded as truncated), as
+     * amavis' $sa_mail_body_size_limit (sample: 400k); padding a message past it does not skip scoring.
+     */
     spamMaxSize: size('512k'),
     /**
      * What a scanner failure (error, timeout, limit exceeded, encrypted archive) does to the message:
