@@ -2,7 +2,9 @@
  * service: screen on port 25/2525, postscreen's place. Builds the process-wide parts once (access
  * list, limits, the pass cache on the reputation store, the DNSBL checker with its self-tests) and
  * runs session.ts for every accepted connection. Logs `listening` when ready; stop() closes the
- * listener, gives open sessions the SMTP listeners' 30 s grace, and closes the store.
+ * listener, gives open sessions the SMTP listeners' 30 s grace and 5 s more (a spliced session is
+ * greylist's: stopped together, its 421 at the end of its own grace must reach the client before screen
+ * cuts the pipe), and closes the store.
  * Exports startScreen and screenContext.
  */
 import net from 'node:net';
@@ -14,6 +16,9 @@ import { PassCache } from './cache.js';
 import { createDnsbl } from './dnsbl.js';
 import { Limits } from './limits.js';
 import { handleClient, type ScreenContext } from './session.js';
+
+/** The SMTP listeners' close timeout (30 s) and a margin, so the next hop's 421 comes first. */
+const STOP_GRACE_MS = 35_000;
 
 export async function screenContext(config: Readonly<MoatConfig>, logger: Logger): Promise<ScreenContext> {
   const c = config.screen;
@@ -104,7 +109,7 @@ export async function startScreen(config: Readonly<MoatConfig>, logger: Logger):
         // sessions get the same grace period as the SMTP listeners, then go
         setTimeout(() => {
           for (const s of open) s.destroy();
-        }, 30_000).unref();
+        }, STOP_GRACE_MS).unref();
         if (open.size === 0) resolve();
       });
       await ctx.cache.close();

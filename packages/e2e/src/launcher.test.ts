@@ -3,13 +3,22 @@
  * message and stops cleanly on SIGTERM; a bad setting stops a service before it listens, naming the
  * key (and the variable it came from); --print-config prints the effective values with secrets masked.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import YAML from 'yaml';
 import { describe, expect, it } from 'vitest';
-import { freePort, maildirMessages, repoRoot, swaks, tmpDir, waitFor } from '@moat/testkit';
+import {
+  freePort,
+  maildirMessages,
+  message,
+  repoRoot,
+  SmtpClient,
+  swaks,
+  tmpDir,
+  waitFor,
+} from '@moat/testkit';
 
 const root = repoRoot();
 
@@ -38,29 +47,77 @@ function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   return { ...env, ...extra };
 }
 
+interface Launcher {
+  child: ChildProcess;
+  lines: string[];
+  exited: Promise<number | null>;
+}
+
+/** Starts the launcher in its own process group, as in a terminal (Ctrl-C signals the whole group). */
+function spawnLauncher(file: string, dataDir: string, extra: Record<string, string> = {}): Launcher {
+  const child = spawn(process.execPath, [path.join(root, 'packages/launcher/dist/main.js')], {
+    cwd: dataDir,
+    env: cleanEnv({ MOAT_CONFIG: file, ...extra }),
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
+  const lines: string[] = [];
+  readline.createInterface({ input: child.stdout }).on('line', (l) => lines.push(l));
+  readline.createInterface({ input: child.stderr }).on('line', (l) => lines.push(l));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return { child, lines, exited };
+}
+
+/** Waits until the five services listen. */
+async function fiveListening({ lines }: Launcher): Promise<void> {
+  // generous: in the whole suite on two cores five services and two daemons start beside other tests
+  await waitFor(
+    () => lines.filter((l) => l.includes('"msg":"listening"')).length === 5 || undefined,
+    40_000,
+    'five services listening',
+  ).catch((err: Error) => {
+    // what the launcher printed says which service did not come up, and why
+    throw new Error(`${err.message}; the launcher printed:\n${lines.slice(-60).join('\n')}`);
+  });
+}
+
+/** Processes (services, managed daemons) whose command line or environment names dataDir. */
+function processesUsing(dataDir: string): number[] {
+  const found: number[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) continue;
+      const text =
+        fs.readFileSync(`/proc/${entry}/cmdline`, 'latin1') +
+        fs.readFileSync(`/proc/${entry}/environ`, 'latin1');
+      if (text.includes(dataDir)) found.push(Number(entry));
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  return found;
+}
+
+/** Kills the launcher's group and anything else still naming dataDir (a failed test leaves nothing). */
+function cleanUp(launcher: Launcher | undefined, dataDir: string): void {
+  for (const pid of [...(launcher?.child.pid ? [-launcher.child.pid] : []), ...processesUsing(dataDir)]) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+}
+
 describe('the launcher (npm start)', () => {
   it('runs the five services, carries a message into the Maildir, and stops them gracefully on Ctrl-C', async () => {
     const { file, dataDir, screen } = await configFile();
-    const child = spawn(process.execPath, [path.join(root, 'packages/launcher/dist/main.js')], {
-      cwd: dataDir,
-      env: cleanEnv({ MOAT_CONFIG: file }),
-      stdio: ['ignore', 'pipe', 'pipe'],
-      // its own process group, as in a terminal: Ctrl-C signals the whole group
-      detached: true,
-    });
-    const lines: string[] = [];
-    readline.createInterface({ input: child.stdout }).on('line', (l) => lines.push(l));
-    readline.createInterface({ input: child.stderr }).on('line', (l) => lines.push(l));
+    const launcher = spawnLauncher(file, dataDir);
+    const { child, lines } = launcher;
     try {
-      // generous: in the whole suite on two cores five services and two daemons start beside other tests
-      await waitFor(
-        () => lines.filter((l) => l.includes('"msg":"listening"')).length === 5 || undefined,
-        40_000,
-        'five services listening',
-      ).catch((err: Error) => {
-        // what the launcher printed says which service did not come up, and why
-        throw new Error(`${err.message}; the launcher printed:\n${lines.slice(-60).join('\n')}`);
-      });
+      await fiveListening(launcher);
       for (const name of ['screen', 'greylist', 'filter', 'quarantine', 'delivery']) {
         expect(
           lines.some((l) => l.startsWith(name.padEnd(10) + '| ') && l.includes('"msg":"listening"')),
@@ -80,21 +137,56 @@ describe('the launcher (npm start)', () => {
         5000,
         'delivery',
       );
-      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
       // Ctrl-C: SIGINT to the terminal's process group; each service must still stop gracefully, once
       process.kill(-child.pid!, 'SIGINT');
-      expect(await exited).toBe(0);
+      expect(await launcher.exited).toBe(0);
       expect(lines.filter((l) => l.includes('"msg":"stopped"')).length).toBe(5);
       expect(lines.some((l) => l.includes('second signal'))).toBe(false);
     } finally {
-      // the whole group: a launcher killed alone would leave its services and managed daemons behind
-      try {
-        process.kill(-child.pid!, 'SIGKILL');
-      } catch {
-        // already gone
-      }
+      // a launcher killed alone would leave its services and managed daemons behind
+      cleanUp(launcher, dataDir);
     }
   }, 90_000);
+
+  it('stops front to back: a transaction in flight at SIGTERM is delivered, idle sessions get 421', async () => {
+    const { file, dataDir, screen } = await configFile();
+    let launcher: Launcher | undefined;
+    try {
+      // spliced sessions: screen stays a byte pipe in front of greylist
+      launcher = spawnLauncher(file, dataDir, { MOAT_SCREEN_HANDOVER: 'false' });
+      await fiveListening(launcher);
+      const busy = await SmtpClient.connect(screen);
+      expect((await busy.read()).code).toBe(220);
+      expect((await busy.cmd('EHLO client.remote.test')).code).toBe(250);
+      expect((await busy.cmd('MAIL FROM:<a@remote.test>')).code).toBe(250);
+      expect((await busy.cmd('RCPT TO:<user@example.test>')).code).toBe(250);
+      expect((await busy.cmd('DATA')).code).toBe(354);
+      const text = message({ subject: 'in flight' });
+      const half = text.indexOf('\r\n\r\n');
+      busy.write(text.slice(0, half));
+      const idle = await SmtpClient.connect(screen);
+      expect((await idle.read()).code).toBe(220);
+      expect((await idle.cmd('EHLO idle.remote.test')).code).toBe(250);
+
+      process.kill(launcher.child.pid!, 'SIGTERM');
+      // long enough for every hop behind screen to be gone, had they all been stopped at once
+      await new Promise((r) => setTimeout(r, 1000));
+      busy.write(text.slice(half) + '\r\n.\r\n');
+      const final = await busy.read(40_000);
+      expect(final.text).toMatch(/^250 /);
+      expect((await idle.read(40_000)).code).toBe(421);
+      expect(await launcher.exited).toBe(0);
+      expect(maildirMessages(path.join(dataDir, 'mail'), 'user@example.test')).toHaveLength(1);
+      expect(launcher.lines.filter((l) => l.includes('"msg":"stopped"')).length).toBe(5);
+      expect(processesUsing(dataDir)).toEqual([]);
+    } catch (err) {
+      throw new Error(
+        `${(err as Error).message}; the launcher printed:\n${launcher?.lines.slice(-40).join('\n')}`,
+      );
+    } finally {
+      cleanUp(launcher, dataDir);
+    }
+  }, 120_000);
 });
 
 describe('a service on the command line', () => {

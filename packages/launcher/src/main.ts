@@ -101,12 +101,17 @@ for (const h of daemons.handles)
 
 // children resolve relative paths against the repository root, as this process does
 const env = { ...process.env, MOAT_CONFIG: loaded.file, MOAT_DATA_DIR: c.dataDir, ...daemons.env };
-const supervisor = new Supervisor({ root, services: SERVICES, env });
+// screen only carries its spliced sessions to greylist: greylist's stop ends them
+const supervisor = new Supervisor({ root, services: SERVICES, env, passThrough: ['screen'] });
 supervisor.start();
 
 let stopping = false;
 const stop = (signal: string) => {
-  if (stopping) process.exit(1);
+  if (stopping) {
+    // the second Ctrl-C: everything now, open sessions or not
+    supervisor.kill();
+    process.exit(1);
+  }
   stopping = true;
   process.stdout.write(`moat: ${signal}: stopping the services\n`);
   void supervisor

@@ -1,8 +1,13 @@
 /**
  * supervisor: runs each service as its own child process (`node apps/<name>/dist/main.js`, the same
  * command as in the container), prefixes its log lines with the service name, restarts it when it
- * crashes (backoff 1 s doubling to 30 s, reset after a minute up), and stops all of them on request:
- * SIGTERM to each (they finish or 421 their open sessions), SIGKILL after the grace period.
+ * crashes (backoff 1 s doubling to 30 s, reset after a minute up), and stops them on request from the
+ * front of the chain to its back: SIGTERM to one, wait until it has exited (it finishes or 421s its
+ * open sessions, SIGKILL after the grace period), then the next, so a hop never loses its next hop
+ * while a transaction is still on its way through. A pass-through service (screen, whose spliced
+ * sessions are greylist's sessions carried byte for byte) is not waited for: it stops accepting at
+ * its SIGTERM, and its open splices end when the next service finishes or 421s them. kill() is the
+ * second Ctrl-C: SIGKILL to all at once.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import path from 'node:path';
@@ -13,15 +18,28 @@ export interface SupervisedService {
   name: string;
   child: ChildProcess | undefined;
   restarts: number;
+  /** The pending restart, if any. */
+  timer: NodeJS.Timeout | undefined;
 }
 
 export interface SupervisorOptions {
   root: string;
+  /** From the back of the chain to its front (the order they start in; they stop in reverse). */
   services: readonly string[];
   env: NodeJS.ProcessEnv;
   /** Where prefixed lines go (default stdout). */
   out?: (line: string) => void;
+  /**
+   * How long one service may take to stop before it gets SIGKILL. Default 40 s: the listeners' 30 s
+   * grace for open sessions (screen's 35 s) and time to close.
+   */
   graceMs?: number;
+  /**
+   * Services that only carry their open sessions to the next one (screen's splices): on stop the next
+   * service gets its SIGTERM right after theirs instead of after their exit, since their sessions end
+   * when the next service ends them.
+   */
+  passThrough?: readonly string[];
 }
 
 export class Supervisor {
@@ -30,7 +48,12 @@ export class Supervisor {
   readonly #out: (line: string) => void;
 
   constructor(readonly o: SupervisorOptions) {
-    this.services = o.services.map((name) => ({ name, child: undefined, restarts: 0 }));
+    this.services = o.services.map((name) => ({
+      name,
+      child: undefined,
+      restarts: 0,
+      timer: undefined,
+    }));
     this.#out = o.out ?? ((line) => process.stdout.write(line + '\n'));
   }
 
@@ -43,6 +66,7 @@ export class Supervisor {
   }
 
   #spawn(s: SupervisedService, backoffMs: number): void {
+    s.timer = undefined;
     const pad = s.name.padEnd(10);
     const child = spawn(process.execPath, [path.join(this.o.root, 'apps', s.name, 'dist', 'main.js')], {
       cwd: process.cwd(),
@@ -67,24 +91,37 @@ export class Supervisor {
       const next = upMs > 60_000 ? 1000 : Math.min(backoffMs * 2, 30_000);
       s.restarts++;
       this.#out(`${pad}| exited (${signal ?? code}); restarting in ${backoffMs / 1000}s`);
-      setTimeout(() => !this.#stopping && this.#spawn(s, next), backoffMs).unref();
+      s.timer = setTimeout(() => !this.#stopping && this.#spawn(s, next), backoffMs).unref();
     });
   }
 
+  /** Stops the services one at a time from the front door back: screen first, delivery last. */
   async stop(): Promise<void> {
     this.#stopping = true;
-    const grace = this.o.graceMs ?? 35_000;
-    await Promise.all(
-      // front door first, so no new mail comes in while the rest finishes
-      [...this.services].reverse().map(async (s) => {
-        const child = s.child;
-        if (!child || child.exitCode !== null) return;
-        const exited = new Promise<void>((r) => child.once('exit', () => r()));
-        child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), grace);
-        await exited;
-        clearTimeout(timer);
-      }),
-    );
+    for (const s of this.services) clearTimeout(s.timer);
+    const grace = this.o.graceMs ?? 40_000;
+    // front door first, so no new mail comes in while the rest finishes; each next hop stays up
+    // until its client has finished (or 421ed) the transactions it was relaying
+    const carrying: Promise<void>[] = [];
+    for (const s of [...this.services].reverse()) {
+      const child = s.child;
+      if (!child || child.exitCode !== null || child.signalCode !== null) continue;
+      const exited = new Promise<void>((r) => child.once('exit', () => r()));
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), grace);
+      const done = exited.then(() => clearTimeout(timer));
+      if (this.o.passThrough?.includes(s.name)) carrying.push(done);
+      else await done;
+    }
+    await Promise.all(carrying);
+  }
+
+  /** A forced stop (the second Ctrl-C): SIGKILL to every service still running, at once. */
+  kill(): void {
+    this.#stopping = true;
+    for (const s of this.services) {
+      clearTimeout(s.timer);
+      s.child?.kill('SIGKILL');
+    }
   }
 }

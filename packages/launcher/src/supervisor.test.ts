@@ -1,0 +1,114 @@
+/**
+ * The supervisor with stand-in services: small Node scripts under a temporary root that write what
+ * happens to them (started, SIGTERM, exited) to one shared journal, so the order is exact.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Supervisor } from './supervisor.js';
+
+const SERVICES = ['delivery', 'quarantine', 'filter', 'greylist', 'screen'];
+
+/** Temporary roots, removed after each test. */
+const roots: string[] = [];
+
+/** A root with apps/<name>/dist/main.js for each name: script(name) is its body (CommonJS). */
+function fakeRoot(script: (name: string) => string): { root: string; journal: string } {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'moat-supervisor-'));
+  roots.push(root);
+  const journal = path.join(root, 'journal');
+  fs.writeFileSync(journal, '');
+  for (const name of SERVICES) {
+    const dir = path.join(root, 'apps', name, 'dist');
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(
+      path.join(dir, 'main.js'),
+      `const fs = require('node:fs');\n` +
+        `const note = (what) => fs.appendFileSync(${JSON.stringify(journal)}, ${JSON.stringify(name)} + ' ' + what + '\\n');\n` +
+        script(name),
+    );
+  }
+  return { root, journal };
+}
+
+const entries = (journal: string) => fs.readFileSync(journal, 'utf8').trim().split('\n').filter(Boolean);
+
+async function until(check: () => boolean, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > end) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** A service that takes 150 ms to finish its sessions after SIGTERM. */
+const SLOW_STOP = `
+note('up');
+process.on('SIGTERM', () => { note('term'); setTimeout(() => { note('exit'); process.exit(0); }, 150); });
+setInterval(() => {}, 1000);
+`;
+
+let running: Supervisor | undefined;
+afterEach(() => {
+  for (const root of roots.splice(0)) fs.rmSync(root, { recursive: true, force: true });
+  // by pid: a failed test leaves no stand-in behind
+  for (const s of running?.services ?? []) s.child?.kill('SIGKILL');
+  running = undefined;
+});
+
+describe('Supervisor.stop', () => {
+  it('stops from the front door back, each service gone before the next gets SIGTERM', async () => {
+    const { root, journal } = fakeRoot(() => SLOW_STOP);
+    const sup = (running = new Supervisor({ root, services: SERVICES, env: process.env, out: () => {} }));
+    sup.start();
+    await until(() => entries(journal).length === 5);
+    await sup.stop();
+    const stops = entries(journal).filter((l) => !l.endsWith(' up'));
+    expect(stops).toEqual(
+      ['screen', 'greylist', 'filter', 'quarantine', 'delivery'].flatMap((n) => [`${n} term`, `${n} exit`]),
+    );
+  });
+
+  it('does not wait for a pass-through service (screen) before stopping the next one, but for its exit', async () => {
+    const { root, journal } = fakeRoot((name) =>
+      name === 'screen'
+        ? `note('up'); process.on('SIGTERM', () => { note('term'); setTimeout(() => { note('exit'); process.exit(0); }, 600); }); setInterval(() => {}, 1000);`
+        : SLOW_STOP,
+    );
+    const sup = (running = new Supervisor({
+      root,
+      services: SERVICES,
+      env: process.env,
+      out: () => {},
+      passThrough: ['screen'],
+    }));
+    sup.start();
+    await until(() => entries(journal).length === 5);
+    await sup.stop();
+    const stops = entries(journal).filter((l) => !l.endsWith(' up'));
+    // both signalled one after the other: which handler runs first is up to the two processes
+    expect(stops.slice(0, 2).sort()).toEqual(['greylist term', 'screen term']);
+    expect(stops.indexOf('greylist term')).toBeLessThan(stops.indexOf('screen exit'));
+    expect(stops.indexOf('greylist exit')).toBeLessThan(stops.indexOf('filter term'));
+    expect(stops.at(-1)).toBe('delivery exit');
+  });
+
+  it('kill() (the second Ctrl-C) ends every service at once, also those still waiting their turn', async () => {
+    const { root, journal } = fakeRoot(
+      () => `note('up'); process.on('SIGTERM', () => note('term')); setInterval(() => {}, 1000);`,
+    );
+    const sup = (running = new Supervisor({ root, services: SERVICES, env: process.env, out: () => {} }));
+    sup.start();
+    await until(() => entries(journal).length === 5);
+    const stopped = sup.stop(); // screen ignores its SIGTERM: the others wait behind it
+    await until(() => entries(journal).includes('screen term'));
+    const signals = sup.services.map(
+      (s) => new Promise((r) => s.child!.once('exit', (_code, signal) => r(signal))),
+    );
+    sup.kill();
+    await stopped;
+    expect(await Promise.all(signals)).toEqual(SERVICES.map(() => 'SIGKILL'));
+    expect(entries(journal).filter((l) => l.endsWith(' term'))).toEqual(['screen term']);
+  });
+});
