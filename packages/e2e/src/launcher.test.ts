@@ -187,6 +187,42 @@ describe('the launcher (npm start)', () => {
       cleanUp(launcher, dataDir);
     }
   }, 120_000);
+
+  it('stops everything on SIGHUP (the terminal closed or the SSH session dropped)', async () => {
+    const { file, dataDir } = await configFile();
+    const launcher = spawnLauncher(file, dataDir);
+    try {
+      await fiveListening(launcher);
+      // the launcher, five services, clamd, spamd (and spamd's children)
+      expect(processesUsing(dataDir).length).toBeGreaterThanOrEqual(8);
+      process.kill(launcher.child.pid!, 'SIGHUP');
+      expect(await launcher.exited).toBe(0);
+      expect(launcher.lines.filter((l) => l.includes('"msg":"stopped"')).length).toBe(5);
+      await waitFor(() => processesUsing(dataDir).length === 0 || undefined, 5000, 'nothing left running');
+    } finally {
+      cleanUp(launcher, dataDir);
+    }
+  }, 90_000);
+
+  it('a stop while the managed daemons start stops them once they are up', async () => {
+    const { file, dataDir } = await configFile();
+    const launcher = spawnLauncher(file, dataDir);
+    try {
+      // clamd or spamd spawned, not yet answering
+      await waitFor(
+        () => processesUsing(dataDir).some((pid) => pid !== launcher.child.pid) || undefined,
+        20_000,
+        'a daemon starting',
+      );
+      expect(launcher.lines.some((l) => l.startsWith('moat: managed '))).toBe(false);
+      process.kill(launcher.child.pid!, 'SIGHUP');
+      expect(await launcher.exited).toBe(0);
+      expect(launcher.lines.some((l) => l.includes('"msg":"listening"'))).toBe(false);
+      await waitFor(() => processesUsing(dataDir).length === 0 || undefined, 5000, 'nothing left running');
+    } finally {
+      cleanUp(launcher, dataDir);
+    }
+  }, 90_000);
 });
 
 describe('a service on the command line', () => {

@@ -1,7 +1,7 @@
 /**
  * moat (npm start): the whole chain on one machine. Validates the configuration once (a mistake stops
- * here with every bad key named), then runs the five services under the supervisor until Ctrl-C or
- * SIGTERM. Services start from the back of the chain, so each next hop is up before its client.
+ * here with every bad key named), then runs the five services under the supervisor until Ctrl-C,
+ * SIGTERM or SIGHUP (the terminal closed). Services start from the back of the chain, so each next hop is up before its client.
  *
  * Managed daemons: filter.clamd / filter.spamd default to `managed`, so `npm start` on a fresh machine
  * scans for real: the launcher starts clamd and spamd itself (@moat/daemons, state under
@@ -51,26 +51,22 @@ async function managedDaemons(): Promise<{ handles: DaemonHandle[]; env: Record<
     ...(wanted.spamd ? (['spamd'] as const) : []),
   ]);
   const start = async (stateDir: string) => {
+    const [clamd, spamd] = await Promise.allSettled([
+      wanted.clamd ? startClamd({ stateDir }) : undefined,
+      wanted.spamd ? startSpamd({ stateDir }) : undefined,
+    ]);
     const handles: DaemonHandle[] = [];
-    try {
-      const [clamd, spamd] = await Promise.all([
-        wanted.clamd ? startClamd({ stateDir }) : undefined,
-        wanted.spamd ? startSpamd({ stateDir }) : undefined,
-      ]);
-      const env: Record<string, string> = {};
-      if (clamd) {
-        handles.push(clamd);
-        env.MOAT_FILTER_CLAMD = clamd.address;
+    for (const r of [clamd, spamd]) if (r.status === 'fulfilled' && r.value) handles.push(r.value);
+    // one failed: the other one, started, is stopped, not left behind
+    for (const r of [clamd, spamd]) {
+      if (r.status === 'rejected') {
+        await Promise.all(handles.map((h) => h.stop()));
+        throw r.reason;
       }
-      if (spamd) {
-        handles.push(spamd);
-        env.MOAT_FILTER_SPAMD = spamd.address;
-      }
-      return { handles, env };
-    } catch (err) {
-      await Promise.all(handles.map((h) => h.stop()));
-      throw err;
     }
+    const env: Record<string, string> = {};
+    for (const h of handles) env[h.name === 'clamd' ? 'MOAT_FILTER_CLAMD' : 'MOAT_FILTER_SPAMD'] = h.address;
+    return { handles, env };
   };
   try {
     return await start(path.join(c.dataDir, 'daemons'));
@@ -86,9 +82,36 @@ async function managedDaemons(): Promise<{ handles: DaemonHandle[]; env: Record<
 /** The temporary state folder of the managed daemons, removed once they are stopped. */
 let tmpState: string | undefined;
 
+// Signals first: a stop while the managed daemons start stops them once they are up (a second
+// signal exits at once, and the daemons' exit hook sends their groups SIGTERM). SIGHUP is the
+// terminal closed or the SSH session dropped: the same clean stop, not death by the signal, which
+// runs no exit hook and would leave every service and daemon running (they are in their own groups).
+let stopping = false;
+let supervisor: Supervisor | undefined;
+let starting: Promise<{ handles: DaemonHandle[]; env: Record<string, string> }> | undefined;
+const stop = (signal: string) => {
+  if (stopping) {
+    // the second Ctrl-C: everything now, open sessions or not
+    supervisor?.kill();
+    process.exit(1);
+  }
+  stopping = true;
+  process.stdout.write(`moat: ${signal}: stopping the services\n`);
+  void (async () => {
+    const daemons = await starting?.catch(() => undefined);
+    await supervisor?.stop();
+    await Promise.all((daemons?.handles ?? []).map((h) => h.stop()));
+    if (tmpState) fs.rmSync(tmpState, { recursive: true, force: true });
+    process.exit(0);
+  })();
+};
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => stop(signal));
+// after a SIGHUP the terminal is gone: lines that cannot be written are dropped, the stop goes on
+for (const stream of [process.stdout, process.stderr]) stream.on('error', () => {});
+
 let daemons: { handles: DaemonHandle[]; env: Record<string, string> };
 try {
-  daemons = await managedDaemons();
+  daemons = await (starting = managedDaemons());
 } catch (err) {
   process.stderr.write(
     `moat: filter.clamd/filter.spamd are "managed" but the daemons could not be started:\n${(err as Error).message}\n` +
@@ -99,26 +122,10 @@ try {
 for (const h of daemons.handles)
   process.stdout.write(`moat: managed ${h.name} on ${h.address} (pid ${h.pid})\n`);
 
-// children resolve relative paths against the repository root, as this process does
-const env = { ...process.env, MOAT_CONFIG: loaded.file, MOAT_DATA_DIR: c.dataDir, ...daemons.env };
-// screen only carries its spliced sessions to greylist: greylist's stop ends them
-const supervisor = new Supervisor({ root, services: SERVICES, env, passThrough: ['screen'] });
-supervisor.start();
-
-let stopping = false;
-const stop = (signal: string) => {
-  if (stopping) {
-    // the second Ctrl-C: everything now, open sessions or not
-    supervisor.kill();
-    process.exit(1);
-  }
-  stopping = true;
-  process.stdout.write(`moat: ${signal}: stopping the services\n`);
-  void supervisor
-    .stop()
-    .then(() => Promise.all(daemons.handles.map((h) => h.stop())))
-    .then(() => tmpState && fs.rmSync(tmpState, { recursive: true, force: true }))
-    .then(() => process.exit(0));
-};
-process.on('SIGINT', () => stop('SIGINT'));
-process.on('SIGTERM', () => stop('SIGTERM'));
+if (!stopping) {
+  // children resolve relative paths against the repository root, as this process does
+  const env = { ...process.env, MOAT_CONFIG: loaded.file, MOAT_DATA_DIR: c.dataDir, ...daemons.env };
+  // screen only carries its spliced sessions to greylist: greylist's stop ends them
+  supervisor = new Supervisor({ root, services: SERVICES, env, passThrough: ['screen'] });
+  supervisor.start();
+}
