@@ -15,7 +15,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, loadConfig, printConfig } from '@moat/config';
 import { type DaemonHandle, ensureInstalled, startClamd, startSpamd } from '@moat/daemons';
-import { Supervisor } from './supervisor.js';
+import { CONFIG_ERROR_EXIT, Supervisor } from './supervisor.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const SERVICES = ['delivery', 'quarantine', 'filter', 'greylist', 'screen'];
@@ -126,6 +126,18 @@ if (!stopping) {
   // children resolve relative paths against the repository root, as this process does
   const env = { ...process.env, MOAT_CONFIG: loaded.file, MOAT_DATA_DIR: c.dataDir, ...daemons.env };
   // screen only carries its spliced sessions to greylist: greylist's stop ends them
-  supervisor = new Supervisor({ root, services: SERVICES, env, passThrough: ['screen'] });
+  supervisor = new Supervisor({
+    root,
+    services: SERVICES,
+    env,
+    passThrough: ['screen'],
+    // not one service left to run: say so and fail, instead of idling (or exiting 0) with nothing up
+    onAllFailed: () => {
+      process.stderr.write(
+        'moat: every service stopped on a configuration error; fix moat.yaml and start again\n',
+      );
+      void Promise.all(daemons.handles.map((h) => h.stop())).then(() => process.exit(CONFIG_ERROR_EXIT));
+    },
+  });
   supervisor.start();
 }

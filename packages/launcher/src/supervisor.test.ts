@@ -2,6 +2,7 @@
  * The supervisor with stand-in services: small Node scripts under a temporary root that write what
  * happens to them (started, SIGTERM, exited) to one shared journal, so the order is exact.
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -110,5 +111,68 @@ describe('Supervisor.stop', () => {
     await stopped;
     expect(await Promise.all(signals)).toEqual(SERVICES.map(() => 'SIGKILL'));
     expect(entries(journal).filter((l) => l.endsWith(' term'))).toEqual(['screen term']);
+  });
+});
+
+describe('Supervisor restarts', () => {
+  it('keeps the launcher alive and restarts every service when all of them crash at once', async () => {
+    // the first start of each crashes at once; the second stays up
+    const { root, journal } = fakeRoot(
+      () => `
+const starts = require('node:path').join(__dirname, 'starts');
+const first = !fs.existsSync(starts);
+fs.writeFileSync(starts, 'x');
+note(first ? 'crash' : 'up');
+if (first) process.exit(1);
+process.on('SIGTERM', () => process.exit(0));
+setInterval(() => {}, 1000);
+`,
+    );
+    // the supervisor alone in a process, as in the launcher: nothing else keeps its event loop alive
+    const runner = spawn(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `import { Supervisor } from ${JSON.stringify(new URL('../dist/supervisor.js', import.meta.url).href)};
+         const sup = new Supervisor({ root: ${JSON.stringify(root)}, services: ${JSON.stringify(SERVICES)},
+           env: process.env, backoffMs: 50, out: () => {} });
+         sup.start();
+         process.on('SIGTERM', () => sup.stop().then(() => process.exit(0)));`,
+      ],
+      { stdio: 'ignore' },
+    );
+    try {
+      await until(() => entries(journal).filter((l) => l.endsWith(' up')).length === 5);
+      expect(runner.exitCode).toBe(null);
+    } finally {
+      const exited = new Promise((r) => runner.once('exit', r));
+      runner.kill('SIGTERM');
+      await exited;
+    }
+  });
+
+  it('does not restart a service that exits on a configuration error; reports when none is left', async () => {
+    const { root, journal } = fakeRoot(
+      (name) =>
+        `note('up'); ${name === 'screen' ? 'setTimeout(() => process.exit(78), 300);' : 'process.exit(78);'}`,
+    );
+    let allFailed = 0;
+    const lines: string[] = [];
+    const sup = (running = new Supervisor({
+      root,
+      services: SERVICES,
+      env: process.env,
+      backoffMs: 50,
+      out: (l) => lines.push(l),
+      onAllFailed: () => allFailed++,
+    }));
+    sup.start();
+    await until(() => sup.services.filter((s) => s.configError).length === 4);
+    expect(allFailed).toBe(0); // screen still runs
+    await until(() => allFailed === 1);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(entries(journal)).toHaveLength(5); // started once each
+    expect(lines.filter((l) => l.includes('configuration error: not restarting'))).toHaveLength(5);
   });
 });

@@ -14,10 +14,15 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { serviceEnv } from '@moat/runtime';
 
+/** EX_CONFIG: the service refused its configuration; restarting it would only fail again. */
+export const CONFIG_ERROR_EXIT = 78;
+
 export interface SupervisedService {
   name: string;
   child: ChildProcess | undefined;
   restarts: number;
+  /** Exited with CONFIG_ERROR_EXIT: not restarted. */
+  configError: boolean;
   /** The pending restart, if any. */
   timer: NodeJS.Timeout | undefined;
 }
@@ -40,6 +45,10 @@ export interface SupervisorOptions {
    * when the next service ends them.
    */
   passThrough?: readonly string[];
+  /** First restart delay, doubled per crash up to 30 s. Default 1 s. */
+  backoffMs?: number;
+  /** Called once every service has exited on a configuration error: nothing is left to run. */
+  onAllFailed?: () => void;
 }
 
 export class Supervisor {
@@ -52,6 +61,7 @@ export class Supervisor {
       name,
       child: undefined,
       restarts: 0,
+      configError: false,
       timer: undefined,
     }));
     this.#out = o.out ?? ((line) => process.stdout.write(line + '\n'));
@@ -62,7 +72,7 @@ export class Supervisor {
     process.once('exit', () => {
       for (const s of this.services) s.child?.kill('SIGTERM');
     });
-    for (const s of this.services) this.#spawn(s, 1000);
+    for (const s of this.services) this.#spawn(s, this.o.backoffMs ?? 1000);
   }
 
   #spawn(s: SupervisedService, backoffMs: number): void {
@@ -83,15 +93,19 @@ export class Supervisor {
     child.on('exit', (code, signal) => {
       s.child = undefined;
       if (this.#stopping) return;
-      if (code === 78) {
+      if (code === CONFIG_ERROR_EXIT) {
+        s.configError = true;
         this.#out(`${pad}| configuration error: not restarting; fix moat.yaml and start again`);
+        if (this.services.every((x) => x.configError)) this.o.onAllFailed?.();
         return;
       }
       const upMs = Date.now() - started;
-      const next = upMs > 60_000 ? 1000 : Math.min(backoffMs * 2, 30_000);
+      const first = this.o.backoffMs ?? 1000;
+      const next = upMs > 60_000 ? first : Math.min(backoffMs * 2, 30_000);
       s.restarts++;
       this.#out(`${pad}| exited (${signal ?? code}); restarting in ${backoffMs / 1000}s`);
-      s.timer = setTimeout(() => !this.#stopping && this.#spawn(s, next), backoffMs).unref();
+      // not unref'd: when every service crashed at once, this timer is what keeps the launcher alive
+      s.timer = setTimeout(() => !this.#stopping && this.#spawn(s, next), backoffMs);
     });
   }
 
