@@ -100,6 +100,15 @@ function processesUsing(dataDir: string): number[] {
   return found;
 }
 
+/** A service's process (node apps/<name>/dist/main.js), while it exists. */
+function isService(pid: number): boolean {
+  try {
+    return /apps\/\w+\/dist\/main\.js/.test(fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1'));
+  } catch {
+    return false;
+  }
+}
+
 /** Kills the launcher's group and anything else still naming dataDir (a failed test leaves nothing). */
 function cleanUp(launcher: Launcher | undefined, dataDir: string): void {
   for (const pid of [...(launcher?.child.pid ? [-launcher.child.pid] : []), ...processesUsing(dataDir)]) {
@@ -223,6 +232,39 @@ describe('the launcher (npm start)', () => {
       cleanUp(launcher, dataDir);
     }
   }, 90_000);
+
+  it('after kill -9 of the launcher its services stop, and the next launcher stops its clamd and spamd', async () => {
+    const { file, dataDir } = await configFile();
+    const first = spawnLauncher(file, dataDir);
+    let second: Launcher | undefined;
+    try {
+      await fiveListening(first);
+      const daemons = first.lines
+        .map((l) => /^moat: managed \w+ on \S+ \(pid (\d+)\)/.exec(l)?.[1])
+        .filter((pid) => pid !== undefined)
+        .map(Number);
+      expect(daemons).toHaveLength(2);
+      process.kill(first.child.pid!, 'SIGKILL');
+      await first.exited;
+      // the five services notice on their own; only the two daemons (and spamd's children) are left
+      await waitFor(
+        () => processesUsing(dataDir).every((pid) => !isService(pid)) || undefined,
+        10_000,
+        'the services to stop',
+      );
+      expect(daemons.every((pid) => processesUsing(dataDir).includes(pid))).toBe(true);
+      second = spawnLauncher(file, dataDir);
+      await fiveListening(second);
+      expect(second.lines.filter((l) => l.includes('left running by launcher')).length).toBe(2);
+      expect(daemons.some((pid) => processesUsing(dataDir).includes(pid))).toBe(false);
+      process.kill(second.child.pid!, 'SIGTERM');
+      expect(await second.exited).toBe(0);
+      await waitFor(() => processesUsing(dataDir).length === 0 || undefined, 5000, 'nothing left running');
+    } finally {
+      cleanUp(first, dataDir);
+      cleanUp(second, dataDir);
+    }
+  }, 120_000);
 });
 
 describe('a service on the command line', () => {

@@ -15,6 +15,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, loadConfig, printConfig } from '@moat/config';
 import { type DaemonHandle, ensureInstalled, startClamd, startSpamd } from '@moat/daemons';
+import { forgetDaemons, recordDaemons, stopLeftovers } from './leftovers.js';
 import { CONFIG_ERROR_EXIT, Supervisor } from './supervisor.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -82,6 +83,9 @@ async function managedDaemons(): Promise<{ handles: DaemonHandle[]; env: Record<
 /** The temporary state folder of the managed daemons, removed once they are stopped. */
 let tmpState: string | undefined;
 
+/** Where this launcher records its managed daemons for the next one (see leftovers.ts). */
+const records = path.join(c.dataDir, 'daemons');
+
 // Signals first: a stop while the managed daemons start stops them once they are up (a second
 // signal exits at once, and the daemons' exit hook sends their groups SIGTERM). SIGHUP is the
 // terminal closed or the SSH session dropped: the same clean stop, not death by the signal, which
@@ -101,6 +105,7 @@ const stop = (signal: string) => {
     const daemons = await starting?.catch(() => undefined);
     await supervisor?.stop();
     await Promise.all((daemons?.handles ?? []).map((h) => h.stop()));
+    forgetDaemons(records);
     if (tmpState) fs.rmSync(tmpState, { recursive: true, force: true });
     process.exit(0);
   })();
@@ -111,6 +116,8 @@ for (const stream of [process.stdout, process.stderr]) stream.on('error', () => 
 
 let daemons: { handles: DaemonHandle[]; env: Record<string, string> };
 try {
+  // a launcher killed with -9 left its clamd and spamd running: stop them before starting ours
+  await stopLeftovers(records, (line) => process.stdout.write(`moat: ${line}\n`));
   daemons = await (starting = managedDaemons());
 } catch (err) {
   process.stderr.write(
@@ -121,6 +128,7 @@ try {
 }
 for (const h of daemons.handles)
   process.stdout.write(`moat: managed ${h.name} on ${h.address} (pid ${h.pid})\n`);
+if (daemons.handles.length > 0) recordDaemons(records, daemons.handles);
 
 if (!stopping) {
   // children resolve relative paths against the repository root, as this process does
@@ -136,7 +144,10 @@ if (!stopping) {
       process.stderr.write(
         'moat: every service stopped on a configuration error; fix moat.yaml and start again\n',
       );
-      void Promise.all(daemons.handles.map((h) => h.stop())).then(() => process.exit(CONFIG_ERROR_EXIT));
+      void Promise.all(daemons.handles.map((h) => h.stop())).then(() => {
+        forgetDaemons(records);
+        process.exit(CONFIG_ERROR_EXIT);
+      });
     },
   });
   supervisor.start();

@@ -81,7 +81,8 @@ export class Supervisor {
     const child = spawn(process.execPath, [path.join(this.o.root, 'apps', s.name, 'dist', 'main.js')], {
       cwd: process.cwd(),
       env: serviceEnv(this.o.env, s.name),
-      stdio: ['ignore', 'pipe', 'pipe'],
+      // the IPC channel carries nothing: its closing tells the service its launcher is gone
+      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
       // its own process group: Ctrl-C in the terminal reaches the launcher only, which stops each
       // service once (a service given two signals stops at once instead of finishing its sessions)
       detached: true,

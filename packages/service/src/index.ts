@@ -6,7 +6,8 @@
  * --print-config prints the effective configuration (secrets masked) and exits 0. An invalid
  * configuration prints every bad key and exits 78 (EX_CONFIG) before anything listens. SIGTERM/SIGINT
  * stop the service gracefully (listeners closed, open sessions given their grace period) and exit 0;
- * a second signal exits at once. An uncaught error is logged and exits 70 so the launcher or the
+ * a second signal exits at once. Under the launcher (an IPC channel to it), the channel closing
+ * (the launcher killed) stops the service the same way. An uncaught error is logged and exits 70 so the launcher or the
  * container runtime restarts a clean process.
  */
 import { ConfigError, loadConfig, type MoatConfig, printConfig } from '@moat/config';
@@ -44,6 +45,7 @@ export function runService(name: string, start: StartFn, argv = process.argv.sli
     flushLogger();
     process.exit(70);
   });
+  const supervised = process.channel !== undefined;
   start(loaded.config, logger).then(
     (service) => {
       let stopping = false;
@@ -70,6 +72,13 @@ export function runService(name: string, start: StartFn, argv = process.argv.sli
       };
       process.on('SIGTERM', () => stop('SIGTERM'));
       process.on('SIGINT', () => stop('SIGINT'));
+      // started by the launcher (npm start), which holds an IPC channel to each service: the channel
+      // closing means the launcher is gone (killed with -9, crashed), and a service left behind would
+      // go on taking mail with nobody to stop it. Alone or in a container there is no channel.
+      if (supervised) {
+        if (process.connected) process.once('disconnect', () => stop('launcher gone'));
+        else stop('launcher gone');
+      }
     },
     (err: unknown) => {
       logger.fatal({ err }, 'start failed');
