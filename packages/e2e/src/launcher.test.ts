@@ -5,6 +5,7 @@
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import readline from 'node:readline';
 import YAML from 'yaml';
@@ -265,6 +266,29 @@ describe('the launcher (npm start)', () => {
       cleanUp(second, dataDir);
     }
   }, 120_000);
+
+  it('a second launcher on the same dataDir stops at once, naming the running one', async () => {
+    const { file, dataDir } = await configFile();
+    const first = spawnLauncher(file, dataDir);
+    let second: Launcher | undefined;
+    try {
+      await fiveListening(first);
+      second = spawnLauncher(file, dataDir);
+      expect(await second.exited).toBe(1);
+      expect(second.lines).toContain(
+        `moat: another launcher (pid ${first.child.pid}) is running on ${dataDir}; stop it first (kill ${first.child.pid})`,
+      );
+      expect(second.lines.some((l) => l.includes('install them'))).toBe(false);
+      // the first one untouched: still up, nothing restarted
+      expect(first.child.exitCode).toBe(null);
+      expect(first.lines.some((l) => l.includes('restarting'))).toBe(false);
+      process.kill(first.child.pid!, 'SIGTERM');
+      expect(await first.exited).toBe(0);
+    } finally {
+      cleanUp(first, dataDir);
+      cleanUp(second, dataDir);
+    }
+  }, 90_000);
 });
 
 describe('a service on the command line', () => {
@@ -290,6 +314,24 @@ describe('a service on the command line', () => {
     });
     expect(r.status).toBe(78);
     expect(r.stderr).toContain('filter.clamd: "managed" is only for npm start');
+  });
+
+  it('says so when its address is already in use', async () => {
+    const { file } = await configFile();
+    const taken = net.createServer();
+    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+    const port = (taken.address() as net.AddressInfo).port;
+    try {
+      const r = spawnSync(process.execPath, [path.join(root, 'apps/delivery/dist/main.js')], {
+        env: cleanEnv({ MOAT_CONFIG: file, MOAT_DELIVERY_LISTEN: `127.0.0.1:${port}` }),
+        encoding: 'utf8',
+        timeout: 10_000,
+      });
+      expect(r.status).toBe(1);
+      expect(r.stderr).toContain(`delivery: 127.0.0.1:${port} is already in use`);
+    } finally {
+      taken.close();
+    }
   });
 
   it('prints the effective configuration with --print-config', async () => {

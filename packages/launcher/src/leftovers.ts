@@ -77,3 +77,31 @@ export async function stopLeftovers(dir: string, say: (line: string) => void): P
   }
   forgetDaemons(dir);
 }
+
+/**
+ * Takes dataDir's launcher lock (dir/launcher.json: this pid and its start time), released when this
+ * process exits. Returns the pid of another launcher still running on the same dataDir instead: two
+ * launchers would fight over the managed daemons' files and every port.
+ */
+export function lockDataDir(dir: string): number | undefined {
+  fs.mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, 'launcher.json');
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      fs.writeFileSync(file, JSON.stringify(recorded('launcher', process.pid)) + '\n', { flag: 'wx' });
+      process.once('exit', () => fs.rmSync(file, { force: true }));
+      return undefined;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    let holder: Recorded | undefined;
+    try {
+      holder = JSON.parse(fs.readFileSync(file, 'utf8')) as Recorded;
+    } catch {
+      // half written by a launcher starting right now, or garbage: judged stale below
+    }
+    if (holder && running(holder)) return holder.pid;
+    fs.rmSync(file, { force: true }); // left by a launcher that did not stop
+  }
+  return undefined;
+}

@@ -15,7 +15,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, loadConfig, printConfig } from '@moat/config';
 import { type DaemonHandle, ensureInstalled, startClamd, startSpamd } from '@moat/daemons';
-import { forgetDaemons, recordDaemons, stopLeftovers } from './leftovers.js';
+import { forgetDaemons, lockDataDir, recordDaemons, stopLeftovers } from './leftovers.js';
 import { CONFIG_ERROR_EXIT, Supervisor } from './supervisor.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -41,16 +41,23 @@ process.stdout.write(
     `mail for ${c.domains.join(', ')} on ${c.screen.listen} -> Maildir ${c.delivery.maildir}\n`,
 );
 
+/** clamd or spamd is not installed (and could not be). */
+class NotInstalled extends Error {}
+
 /** Starts the daemons filter.clamd / filter.spamd name as `managed`; returns them and their variables. */
 async function managedDaemons(): Promise<{ handles: DaemonHandle[]; env: Record<string, string> }> {
   const wanted = { clamd: c.filter.clamd === 'managed', spamd: c.filter.spamd === 'managed' };
   if (!wanted.clamd && !wanted.spamd) return { handles: [], env: {} };
   // a fresh machine: as root on Debian the missing packages are installed (one apt-get install),
   // anywhere else this throws with the exact packages to install
-  ensureInstalled([
-    ...(wanted.clamd ? (['clamd'] as const) : []),
-    ...(wanted.spamd ? (['spamd'] as const) : []),
-  ]);
+  try {
+    ensureInstalled([
+      ...(wanted.clamd ? (['clamd'] as const) : []),
+      ...(wanted.spamd ? (['spamd'] as const) : []),
+    ]);
+  } catch (err) {
+    throw new NotInstalled((err as Error).message);
+  }
   const start = async (stateDir: string) => {
     const [clamd, spamd] = await Promise.allSettled([
       wanted.clamd ? startClamd({ stateDir }) : undefined,
@@ -86,6 +93,16 @@ let tmpState: string | undefined;
 /** Where this launcher records its managed daemons for the next one (see leftovers.ts). */
 const records = path.join(c.dataDir, 'daemons');
 
+// one launcher per dataDir: a second one would rewrite the first one's daemon configs, then fail on
+// clamd's locked log file (or, elsewhere, restart five services forever on ports in use)
+const other = lockDataDir(records);
+if (other !== undefined) {
+  process.stderr.write(
+    `moat: another launcher (pid ${other}) is running on ${c.dataDir}; stop it first (kill ${other})\n`,
+  );
+  process.exit(1);
+}
+
 // Signals first: a stop while the managed daemons start stops them once they are up (a second
 // signal exits at once, and the daemons' exit hook sends their groups SIGTERM). SIGHUP is the
 // terminal closed or the SSH session dropped: the same clean stop, not death by the signal, which
@@ -120,9 +137,12 @@ try {
   await stopLeftovers(records, (line) => process.stdout.write(`moat: ${line}\n`));
   daemons = await (starting = managedDaemons());
 } catch (err) {
+  // the install hint only when they are missing: installed daemons that failed say why in their logs
   process.stderr.write(
     `moat: filter.clamd/filter.spamd are "managed" but the daemons could not be started:\n${(err as Error).message}\n` +
-      `moat: install them (clamav-daemon, spamassassin, spamd) or set filter.clamd / filter.spamd to addresses\n`,
+      (err instanceof NotInstalled
+        ? `moat: install them (clamav-daemon, spamassassin, spamd) or set filter.clamd / filter.spamd to addresses\n`
+        : ''),
   );
   process.exit(1);
 }

@@ -89,6 +89,11 @@ export function runService(name: string, start: StartFn, argv = process.argv.sli
         process.stderr.write(`moat-${name}: ${err.message}\n`);
         process.exit(78);
       }
+      const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
+      if (e.code === 'EADDRINUSE') {
+        // another Moat, or another program, listens there: say so plainly (the launcher restarts us)
+        process.stderr.write(`${name}: ${e.address ?? ''}:${e.port ?? ''} is already in use\n`);
+      }
       process.exit(1);
     },
   );
