@@ -108,6 +108,59 @@ describe('loadConfig', () => {
     );
   });
 
+  it('refuses a timer delay longer than a Node timer holds (24d), naming the key and variable', () => {
+    const problemsOf = (env: NodeJS.ProcessEnv) => {
+      try {
+        loadConfig({ file: '/nonexistent/moat.yaml', env });
+      } catch (e) {
+        return (e as ConfigError).problems;
+      }
+      return [];
+    };
+    // every key used as a setTimeout/setInterval/socket timeout delay
+    const timers = [
+      'dns.timeout',
+      'screen.nextConnectTimeout',
+      'screen.greetWait',
+      'screen.dnsblTimeout',
+      'screen.dnsblTestInterval',
+      'screen.commandTimeLimit',
+      'screen.cacheCleanupInterval',
+      'screen.upstreamProxyTimeout',
+      'greylist.idleTimeout',
+      'greylist.storeTimeout',
+      'greylist.maintenanceInterval',
+      'greylist.nextConnectTimeout',
+      'greylist.nextTimeout',
+      'filter.clamdTimeout',
+      'filter.spamdTimeout',
+      'filter.nextTimeout',
+      'delivery.queueRunDelay',
+      'quarantine.nextTimeout',
+    ];
+    const env = Object.fromEntries(timers.map((k) => [envName(k.split('.')), '30d']));
+    expect(problemsOf(env).sort()).toEqual(
+      timers.map((k) => `${k}: expected at most 24d, got "30d" (from ${envName(k.split('.'))})`).sort(),
+    );
+    expect(
+      problemsOf({ MOAT_GREYLIST_IDLE_TIMEOUT: '24d', MOAT_GREYLIST_MAINTENANCE_INTERVAL: '24d' }),
+    ).toEqual([]);
+    // lifetimes only used in arithmetic may be longer
+    const long = loadConfig({
+      file: '/nonexistent/moat.yaml',
+      env: {
+        MOAT_GREYLIST_MAX_AGE: '60d',
+        MOAT_SCREEN_PIPELINING_TTL: '90d',
+        MOAT_SCREEN_CACHE_RETENTION: '30d',
+      },
+    }).config;
+    expect(long.greylist.maxAge).toBe(60 * 86_400_000);
+    expect(long.screen.pipeliningTtl).toBe(90 * 86_400_000);
+    expect(loadConfig({ file: '/nonexistent/moat.yaml', env: {} }).config.greylist.maxAge).toBe(
+      35 * 86_400_000,
+    );
+  });
+
   it('rejects YAML that is not a mapping', () => {
     expect(() => loadConfig({ file: tmpFile('- a\n- b\n'), env: {} })).toThrow(/expected a mapping/);
   });

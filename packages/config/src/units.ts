@@ -2,7 +2,8 @@
  * units: Postfix-style durations ("300s", "5m", "1d") and sizes ("50MB", "10240000"), and
  * listening/next-hop addresses ("127.0.0.1:10024", "[::1]:25"), parsed once at start-up.
  *
- * Exports the zod types used by every section: duration(), size(), address(), cidr().
+ * Exports the zod types used by every section: duration(), timer() (a duration used as a timer
+ * delay, at most 24d), size(), hostPort(), cidr().
  * A value that does not parse is a config error naming the key; nothing here throws later.
  */
 import net from 'node:net';
@@ -73,8 +74,18 @@ export function formatHostPort(hp: HostPort): string {
   return net.isIPv6(hp.host) ? `[${hp.host}]:${hp.port}` : `${hp.host}:${hp.port}`;
 }
 
-/** A duration in milliseconds, written as a Postfix-style string in the file. */
-export const duration = (dflt: string) =>
+/**
+ * The longest delay a Node timer (setTimeout, setInterval, socket.setTimeout) holds is 2^31-1 ms (about
+ * 24.8 days); a longer one fires after 1 ms. A duration used as a timer delay is bounded by this, in
+ * whole days so the message reads as the operator writes it.
+ */
+export const MAX_TIMER_MS = 24 * DURATION_UNITS.d!;
+
+/**
+ * A duration in milliseconds, written as a Postfix-style string in the file. `max` bounds it (in ms):
+ * a key used as a timer delay uses timer() below; a lifetime only used in arithmetic needs none.
+ */
+export const duration = (dflt: string, max?: number) =>
   z
     .union([z.string(), z.number()])
     .transform((v, ctx) => {
@@ -86,9 +97,19 @@ export const duration = (dflt: string) =>
         });
         return z.NEVER;
       }
+      if (max !== undefined && ms > max) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `expected at most ${formatDuration(max)}, got ${JSON.stringify(v)}`,
+        });
+        return z.NEVER;
+      }
       return ms;
     })
     .prefault(dflt);
+
+/** A duration used as a timer delay (a timeout or an interval): at most MAX_TIMER_MS (24d). */
+export const timer = (dflt: string) => duration(dflt, MAX_TIMER_MS);
 
 /** A size in bytes. */
 export const size = (dflt: string | number) =>

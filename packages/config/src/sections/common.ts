@@ -3,7 +3,7 @@
  */
 import os from 'node:os';
 import { z } from 'zod';
-import { cidr, duration, hostPort } from '../units.js';
+import { cidr, hostPort, timer } from '../units.js';
 
 export const LOOPBACK = ['127.0.0.0/8', '::1/128'];
 
@@ -47,7 +47,7 @@ export const common = {
       /** Resolver addresses (host:port); empty = the system resolver. */
       servers: z.array(hostPort()).default([]),
       /** Per query. */
-      timeout: duration('5s'),
+      timeout: timer('5s'),
     })
     .prefault({}),
   tls: z

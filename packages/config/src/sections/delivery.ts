@@ -2,7 +2,7 @@
  * delivery: the reinjection smtpd and durable queue on 10025.
  */
 import { z } from 'zod';
-import { duration } from '../units.js';
+import { timer } from '../units.js';
 import { internalListener } from './hop.js';
 
 export const delivery = z
@@ -13,6 +13,6 @@ export const delivery = z
     /** Queue folder owned by this replica; empty = <dataDir>/queue. */
     queueDir: z.string().default(''),
     /** How often deferred messages are retried. */
-    queueRunDelay: duration('300s'),
+    queueRunDelay: timer('300s'),
   })
   .prefault({});

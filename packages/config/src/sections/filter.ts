@@ -4,7 +4,7 @@
  * Names follow amavis' without the `$sa_`/`$final_` prefixes, with the sample amavisd.conf's values.
  */
 import { z } from 'zod';
-import { duration, hostPort, parseHostPort, size } from '../units.js';
+import { hostPort, parseHostPort, size, timer } from '../units.js';
 import { internalListener, nextHop } from './hop.js';
 
 /**
@@ -117,11 +117,11 @@ export const filter = z
     /** clamd, scanned with INSTREAM (its StreamMaxLength must cover greylist.messageSizeLimit). */
     clamd: scanner('clamd'),
     /** The whole clamd scan: connect, stream, verdict. */
-    clamdTimeout: duration('60s'),
+    clamdTimeout: timer('60s'),
     /** spamd (SPAMC/1.5, REPORT). */
     spamd: scanner('spamd', true),
     /** The whole spamd request: connect, send, scan, response. */
-    spamdTimeout: duration('60s'),
+    spamdTimeout: timer('60s'),
     /**
      * Of a larger message only the first this many bytes go to spamd (recorded as truncated), as
      * amavis' $sa_mail_body_size_limit (sample: 400k); padding a message past it does not skip scoring.

@@ -5,7 +5,7 @@
  * --lookup-by-subnet with --ipv4cidr=24 and --ipv6cidr=64, --greylist-text, --x-greylist-header.
  */
 import { z } from 'zod';
-import { cidr, duration, hostPort, size } from '../units.js';
+import { cidr, duration, hostPort, size, timer } from '../units.js';
 import { LOOPBACK } from './common.js';
 import { internalListener, nextHop } from './hop.js';
 
@@ -26,7 +26,7 @@ export const greylist = z
     /** Recipients per message (Postfix: smtpd_recipient_limit). Past it: 452 4.5.3. */
     recipientLimit: z.number().int().min(1).default(1000),
     /** Idle client between commands (Postfix: smtpd_timeout). */
-    idleTimeout: duration('300s'),
+    idleTimeout: timer('300s'),
 
     /** Greylisting on or off; relay protection, known recipients and limits apply either way. */
     enabled: z.boolean().default(true),
@@ -81,8 +81,8 @@ export const greylist = z
     /** Who may connect to the policy port (CIDR). */
     policyPeers: z.array(cidr()).default(LOOPBACK),
     /** Deadline of every call to the reputation store; past it: 451 4.3.0. */
-    storeTimeout: duration('1s'),
+    storeTimeout: timer('1s'),
     /** How often expired triplets and AWL entries are removed (in small batches, mail keeps flowing). */
-    maintenanceInterval: duration('1h'),
+    maintenanceInterval: timer('1h'),
   })
   .prefault({});

@@ -3,7 +3,7 @@
  * and how long it waits for the next hop. Each service section spreads the parts it needs.
  */
 import { z } from 'zod';
-import { cidr, duration, hostPort } from '../units.js';
+import { cidr, hostPort, timer } from '../units.js';
 import { LOOPBACK } from './common.js';
 
 /** listen + peers: an internal SMTP port that refuses anyone outside its peers. */
@@ -19,9 +19,9 @@ export const nextHop = () => ({
   /** Next hop addresses (all replicas); empty = derived from the next service's listen address. */
   next: z.array(hostPort()).default([]),
   /** TCP connect + greeting to the next hop. */
-  nextConnectTimeout: duration('5s'),
+  nextConnectTimeout: timer('5s'),
   /** Any one reply of the next hop (Postfix: smtpd_proxy_timeout). */
-  nextTimeout: duration('100s'),
+  nextTimeout: timer('100s'),
   /** Idle pooled connections kept per next-hop address. */
   nextPoolIdle: z.number().int().min(0).max(1000).default(32),
 });

@@ -5,7 +5,7 @@
  */
 import { parseSites } from '@moat/dnsbl';
 import { z } from 'zod';
-import { cidr, duration, hostPort } from '../units.js';
+import { cidr, duration, hostPort, timer } from '../units.js';
 import { LOOPBACK } from './common.js';
 
 /** postscreen's three actions: log only / let the client talk and reject every RCPT / 521 and close. */
@@ -50,7 +50,7 @@ export const screen = z
     /** greylist addresses (all replicas); empty = derived from greylist.listen. */
     next: z.array(hostPort()).default([]),
     /** Connecting to greylist; past it the client gets 421 4.3.2. */
-    nextConnectTimeout: duration('5s'),
+    nextConnectTimeout: timer('5s'),
     /**
      * Pass each client that needs no more watching (passed, cached or allowlisted) to greylist's
      * handoverSocket, as postscreen passes clients to smtpd: greylist then talks to the client's own
@@ -74,7 +74,7 @@ export const screen = z
     /** The `220-` teaser sent before the wait; undefined = `<hostname> ESMTP`, '' = no teaser. */
     greetBanner: z.string().optional(),
     /** How long the tests before the greeting may take; bytes sent within it fail pregreet. */
-    greetWait: duration('6s'),
+    greetWait: timer('6s'),
     /** What a pregreeting client gets (postscreen_greet_action). */
     greetAction: action('ignore'),
     /** How long a pregreet pass is remembered (postscreen_greet_ttl). */
@@ -97,7 +97,7 @@ export const screen = z
     /** What a listed client gets (postscreen_dnsbl_action). */
     dnsblAction: action('ignore'),
     /** Per DNS lookup; a timeout is never a listing (postscreen_dnsbl_timeout). */
-    dnsblTimeout: duration('10s'),
+    dnsblTimeout: timer('10s'),
     /** Shortest time a DNSBL result is remembered (postscreen_dnsbl_min_ttl). */
     dnsblMinTtl: duration('60s'),
     /** Longest time a DNSBL result is remembered (postscreen_dnsbl_max_ttl). */
@@ -105,7 +105,7 @@ export const screen = z
     /** Secret zone name -> name shown in replies and logs (postscreen_dnsbl_reply_map). */
     dnsblReplyMap: z.record(z.string(), z.string()).default({}),
     /** How often every zone's test points (127.0.0.2 listed, 127.0.0.1 not) are checked again. */
-    dnsblTestInterval: duration('30m'),
+    dnsblTestInterval: timer('30m'),
 
     // --- deep protocol tests, watched on the spliced session (no reconnect) ---
     /** Fail a client that sends a command before the reply to a command that must end a group. */
@@ -133,7 +133,7 @@ export const screen = z
     /** Commands the enforce engine answers before it closes (postscreen_command_count_limit). */
     commandCountLimit: z.number().int().min(1).default(20),
     /** Deadline for each command line in the enforce engine, not reset by partial input. */
-    commandTimeLimit: duration('300s'),
+    commandTimeLimit: timer('300s'),
     /** Open connections per client address; 0 = none (postscreen_client_connection_count_limit). */
     clientConnectionCountLimit: z.number().int().min(0).default(50),
     /** Clients being screened at once; past it 421 4.3.2 (postscreen_pre_queue_limit). */
@@ -143,7 +143,7 @@ export const screen = z
     /** Expired entries are kept this long, so returning clients are not NEW (cache_retention_time). */
     cacheRetention: duration('7d'),
     /** How often expired entries are dropped; 0 = never (postscreen_cache_cleanup_interval). */
-    cacheCleanupInterval: duration('12h'),
+    cacheCleanupInterval: timer('12h'),
 
     // --- behind a load balancer (postscreen_upstream_proxy_*) ---
     /** 'haproxy': trusted peers put a PROXY v1 or v2 header first; '' = clients connect directly. */
@@ -151,6 +151,6 @@ export const screen = z
     /** Peers whose PROXY header is believed; anyone else is screened by its own address. */
     upstreamProxyPeers: z.array(cidr()).default(LOOPBACK),
     /** Deadline for the whole PROXY header (postscreen_upstream_proxy_timeout). */
-    upstreamProxyTimeout: duration('5s'),
+    upstreamProxyTimeout: timer('5s'),
   })
   .prefault({});
