@@ -161,6 +161,31 @@ describe('loadConfig', () => {
     );
   });
 
+  it('refuses a greylist.messageSizeLimit of 0 or less, naming the key and variable', () => {
+    expect(() => loadConfig({ file: tmpFile('greylist:\n  messageSizeLimit: 0\n'), env: {} })).toThrow(
+      'greylist.messageSizeLimit: expected at least 1 byte (0 is not "unlimited" here), got 0',
+    );
+    expect(() =>
+      loadConfig({ file: '/nonexistent/moat.yaml', env: { MOAT_GREYLIST_MESSAGE_SIZE_LIMIT: '0MB' } }),
+    ).toThrow(
+      'greylist.messageSizeLimit: expected at least 1 byte (0 is not "unlimited" here), got "0MB" (from MOAT_GREYLIST_MESSAGE_SIZE_LIMIT)',
+    );
+    expect(() => loadConfig({ file: tmpFile('greylist:\n  messageSizeLimit: -1\n'), env: {} })).toThrow(
+      'greylist.messageSizeLimit: expected a size like 52428800, 50MB or 512k, got -1',
+    );
+    const one = loadConfig({
+      file: '/nonexistent/moat.yaml',
+      env: { MOAT_GREYLIST_MESSAGE_SIZE_LIMIT: '1' },
+    });
+    expect(one.config.greylist.messageSizeLimit).toBe(1);
+    // 0 keeps its plain meaning where it has one: every message spooled to a file
+    const spool = loadConfig({
+      file: '/nonexistent/moat.yaml',
+      env: { MOAT_FILTER_SPOOL_MEMORY_LIMIT: '0' },
+    });
+    expect(spool.config.filter.spoolMemoryLimit).toBe(0);
+  });
+
   it('rejects YAML that is not a mapping', () => {
     expect(() => loadConfig({ file: tmpFile('- a\n- b\n'), env: {} })).toThrow(/expected a mapping/);
   });

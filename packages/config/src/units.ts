@@ -111,8 +111,8 @@ export const duration = (dflt: string, max?: number) =>
 /** A duration used as a timer delay (a timeout or an interval): at most MAX_TIMER_MS (24d). */
 export const timer = (dflt: string) => duration(dflt, MAX_TIMER_MS);
 
-/** A size in bytes. */
-export const size = (dflt: string | number) =>
+/** A size in bytes; `min` refuses smaller ones (a limit where 0 would refuse everything). */
+export const size = (dflt: string | number, min = 0) =>
   z
     .union([z.string(), z.number()])
     .transform((v, ctx) => {
@@ -121,6 +121,13 @@ export const size = (dflt: string | number) =>
         ctx.addIssue({
           code: 'custom',
           message: `expected a size like 52428800, 50MB or 512k, got ${JSON.stringify(v)}`,
+        });
+        return z.NEVER;
+      }
+      if (bytes < min) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `expected at least ${min} byte${min === 1 ? '' : 's'} (0 is not "unlimited" here), got ${JSON.stringify(v)}`,
         });
         return z.NEVER;
       }

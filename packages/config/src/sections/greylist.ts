@@ -21,8 +21,12 @@ export const greylist = z
      */
     handoverSocket: z.string().default(''),
     ...nextHop(),
-    /** Largest message accepted, in bytes (Postfix: message_size_limit). Over it: 552 5.3.4. */
-    messageSizeLimit: size('50MB'),
+    /**
+     * Largest message accepted, in bytes (Postfix: message_size_limit). Over it: 552 5.3.4. At least 1:
+     * Postfix reads 0 as unlimited; here 0 (or less) is refused at start, as simpler and clearer than a
+     * second meaning (there is no unlimited: every hop and the scanners need a bound).
+     */
+    messageSizeLimit: size('50MB', 1),
     /** Recipients per message (Postfix: smtpd_recipient_limit). Past it: 452 4.5.3. */
     recipientLimit: z.number().int().min(1).default(1000),
     /** Idle client between commands (Postfix: smtpd_timeout). */
