@@ -186,6 +186,53 @@ describe('loadConfig', () => {
     expect(spool.config.filter.spoolMemoryLimit).toBe(0);
   });
 
+  it('refuses an empty peers list (it would open the port to everyone), naming the key and variable', () => {
+    const empty = 'must list at least one address; loopback is 127.0.0.1/32';
+    const keys = [
+      'greylist.peers',
+      'greylist.policyPeers',
+      'filter.peers',
+      'delivery.peers',
+      'quarantine.peers',
+    ];
+    let err: unknown;
+    try {
+      // an empty variable is an empty list
+      loadConfig({
+        file: '/nonexistent/moat.yaml',
+        env: Object.fromEntries(keys.map((k) => [envName(k.split('.')), ''])),
+      });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).problems.sort()).toEqual(
+      keys.map((k) => `${k}: ${empty} (from ${envName(k.split('.'))})`).sort(),
+    );
+    expect(() => loadConfig({ file: tmpFile('delivery:\n  peers: []\n'), env: {} })).toThrow(
+      `delivery.peers: ${empty}`,
+    );
+    // lists where empty has a meaning stay accepted
+    const { config } = loadConfig({
+      file: '/nonexistent/moat.yaml',
+      env: {
+        MOAT_DNS_SERVERS: '',
+        MOAT_SCREEN_DNSBL_SITES: '',
+        MOAT_SCREEN_ACCESS_LIST: '',
+        MOAT_MYNETWORKS: '',
+        MOAT_GREYLIST_PROXY_PEERS: '',
+        MOAT_SCREEN_UPSTREAM_PROXY_PEERS: '',
+        MOAT_DELIVERY_PEERS: '127.0.0.1/32',
+      },
+    });
+    expect(config.dns.servers).toEqual([]);
+    expect(config.screen.dnsblSites).toEqual([]);
+    expect(config.screen.accessList).toEqual([]);
+    expect(config.mynetworks).toEqual([]);
+    expect(config.greylist.proxyPeers).toEqual(config.greylist.peers);
+    expect(config.delivery.peers).toEqual(['127.0.0.1/32']);
+  });
+
   it('rejects YAML that is not a mapping', () => {
     expect(() => loadConfig({ file: tmpFile('- a\n- b\n'), env: {} })).toThrow(/expected a mapping/);
   });

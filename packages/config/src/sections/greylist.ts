@@ -6,8 +6,7 @@
  */
 import { z } from 'zod';
 import { cidr, duration, hostPort, size, timer } from '../units.js';
-import { LOOPBACK } from './common.js';
-import { internalListener, nextHop } from './hop.js';
+import { internalListener, nextHop, peerList } from './hop.js';
 
 export const greylist = z
   .strictObject({
@@ -82,8 +81,8 @@ export const greylist = z
     approveTtl: duration('1d'),
     /** Optional Postfix policy delegation listener (Postgrey --inet), e.g. 127.0.0.1:10040; empty = off. */
     policyListen: z.union([z.literal(''), hostPort()]).default(''),
-    /** Who may connect to the policy port (CIDR). */
-    policyPeers: z.array(cidr()).default(LOOPBACK),
+    /** Who may connect to the policy port (CIDR); never empty (no one could use the port). */
+    policyPeers: peerList(),
     /** Deadline of every call to the reputation store; past it: 451 4.3.0. */
     storeTimeout: timer('1s'),
     /** How often expired triplets and AWL entries are removed (in small batches, mail keeps flowing). */

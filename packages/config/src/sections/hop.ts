@@ -6,12 +6,19 @@ import { z } from 'zod';
 import { cidr, hostPort, timer } from '../units.js';
 import { LOOPBACK } from './common.js';
 
+/** A list of networks allowed to connect: at least one (an empty list is a config error). */
+export const peerList = () =>
+  z.array(cidr()).min(1, 'must list at least one address; loopback is 127.0.0.1/32').default(LOOPBACK);
+
 /** listen + peers: an internal SMTP port that refuses anyone outside its peers. */
 export const internalListener = (listen: string) => ({
   /** Address and port to listen on. */
   listen: hostPort().default(listen),
-  /** Who may connect (CIDR); anyone else gets 421 4.7.0 and is disconnected. */
-  peers: z.array(cidr()).default(LOOPBACK),
+  /**
+   * Who may connect (CIDR); anyone else gets 421 4.7.0 and is disconnected. Never empty: the listener
+   * would take an empty list as everyone (XFORWARD included), so it is refused at start.
+   */
+  peers: peerList(),
 });
 
 /** next + timeouts: the client side of a hop (derived from the next service's listen when unset). */
