@@ -233,6 +233,34 @@ describe('loadConfig', () => {
     expect(config.delivery.peers).toEqual(['127.0.0.1/32']);
   });
 
+  it('names the variable of a bad list element', () => {
+    let err: unknown;
+    try {
+      loadConfig({
+        file: '/nonexistent/moat.yaml',
+        env: {
+          MOAT_GREYLIST_PEERS: '127.0.0.1,bogus',
+          MOAT_DOMAINS: 'example.test,bad_domain',
+          MOAT_GREYLIST_NEXT: '127.0.0.1:10024,nowhere',
+          MOAT_DNS_SERVERS: 'nowhere',
+        },
+      });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).problems.sort()).toEqual([
+      'dns.servers.0: expected host:port, e.g. 127.0.0.1:10024 (from MOAT_DNS_SERVERS)',
+      'domains.1: expected a domain like example.test (from MOAT_DOMAINS)',
+      'greylist.next.1: expected host:port, e.g. 127.0.0.1:10024 (from MOAT_GREYLIST_NEXT)',
+      'greylist.peers.1: expected an address or a network like 127.0.0.0/8 (from MOAT_GREYLIST_PEERS)',
+    ]);
+    // the same element from the file names no variable
+    expect(() => loadConfig({ file: tmpFile('greylist:\n  peers: [127.0.0.1, bogus]\n'), env: {} })).toThrow(
+      /greylist\.peers\.1: expected an address or a network like 127\.0\.0\.0\/8$/,
+    );
+  });
+
   it('rejects YAML that is not a mapping', () => {
     expect(() => loadConfig({ file: tmpFile('- a\n- b\n'), env: {} })).toThrow(/expected a mapping/);
   });

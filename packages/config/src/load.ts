@@ -60,14 +60,17 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
   const { raw: merged, overrides } = applyEnv(schema, raw as Record<string, unknown>, env);
   const result = schema.safeParse(merged);
   if (!result.success) {
-    const fromEnv = new Map(overrides.map((o) => [o.path.join('.'), o.variable]));
+    // a variable sets a whole leaf (a list or a map too), so an issue inside it (a list element, a
+    // map entry) came from the variable whose path starts its own
+    const fromEnv = (issuePath: readonly PropertyKey[]) =>
+      overrides.find((o) => o.path.every((p, i) => String(issuePath[i]) === p))?.variable;
     const problems = result.error.issues.map((issue) => {
       const keys =
         issue.code === 'unrecognized_keys'
           ? issue.keys.map((k) => [...issue.path, k].join('.'))
           : [issue.path.join('.') || '(top level)'];
       const key = keys.join(', ');
-      const variable = fromEnv.get(issue.path.join('.'));
+      const variable = fromEnv(issue.path);
       const message = issue.code === 'unrecognized_keys' ? 'unknown key' : issue.message;
       return `${key}: ${message}${variable ? ` (from ${variable})` : ''}`;
     });
