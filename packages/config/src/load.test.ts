@@ -265,6 +265,29 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ file: tmpFile('- a\n- b\n'), env: {} })).toThrow(/expected a mapping/);
   });
 
+  it('masks a DQS key and reply-mapped zones in dnsblSites and dnsblReplyMap, and a URL password holding @', () => {
+    const { config } = loadConfig({
+      file: '/nonexistent/moat.yaml',
+      env: {
+        MOAT_SCREEN_DNSBL_SITES:
+          'ABCDEFSECRETKEY.zen.dq.spamhaus.net=127.0.0.[2..11]*3, hidden.lists.example.net*2, list.dnswl.org=127.0.[0..255].[1..3]*-4',
+        MOAT_SCREEN_DNSBL_REPLY_MAP:
+          'ABCDEFSECRETKEY.zen.dq.spamhaus.net=zen.spamhaus.org,hidden.lists.example.net=lists.example',
+        MOAT_STORE: 'redis://user:p@ss@127.0.0.1:6379/0',
+      },
+    });
+    const text = printConfig(config);
+    expect(text).not.toMatch(/ABCDEFSECRETKEY|hidden|p@ss|ss@/);
+    expect(text).toContain('********.zen.dq.spamhaus.net=127.0.0.[2..11]*3');
+    expect(text).toContain('********.example.net*2');
+    expect(text).toContain('list.dnswl.org=127.0.[0..255].[1..3]*-4');
+    expect(text).toContain('"********.zen.dq.spamhaus.net": zen.spamhaus.org');
+    expect(text).toContain('"********.example.net": lists.example');
+    expect(text).toContain('store: redis://user:********@127.0.0.1:6379/0');
+    // the effective config itself keeps the real names
+    expect(config.screen.dnsblSites[0]).toBe('ABCDEFSECRETKEY.zen.dq.spamhaus.net=127.0.0.[2..11]*3');
+  });
+
   it('prints the effective config with units and secrets masked', () => {
     const { config } = loadConfig({ file: '/nonexistent', env: {} });
     const text = printConfig({ ...config, dataDir: 'redis://u:hunter2@host/0' } as typeof config);
