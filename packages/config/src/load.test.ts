@@ -261,6 +261,33 @@ describe('loadConfig', () => {
     );
   });
 
+  it('refuses a file named in MOAT_CONFIG that is not there; only the default may be absent', () => {
+    expect(() => loadConfig({ env: { MOAT_CONFIG: '/nonexistent.yaml' } })).toThrow(
+      /\/nonexistent\.yaml \(from MOAT_CONFIG\): cannot read it: ENOENT/,
+    );
+    let err: unknown;
+    try {
+      loadConfig({ env: { MOAT_CONFIG: '/nonexistent.yaml' } });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    // one that is there is read
+    const file = tmpFile('hostname: named.example.test\n');
+    expect(loadConfig({ env: { MOAT_CONFIG: file } }).config.hostname).toBe('named.example.test');
+    // a folder is no file either
+    expect(() => loadConfig({ env: { MOAT_CONFIG: path.dirname(file) } })).toThrow(/cannot read it: EISDIR/);
+    // the default ./moat.yaml, absent here: built-in defaults, as an empty MOAT_CONFIG
+    const cwd = process.cwd();
+    process.chdir(fs.mkdtempSync(path.join(os.tmpdir(), 'moat-config-')));
+    try {
+      expect(loadConfig({ env: {} }).fileExists).toBe(false);
+      expect(loadConfig({ env: { MOAT_CONFIG: '' } }).fileExists).toBe(false);
+    } finally {
+      process.chdir(cwd);
+    }
+  });
+
   it('rejects YAML that is not a mapping', () => {
     expect(() => loadConfig({ file: tmpFile('- a\n- b\n'), env: {} })).toThrow(/expected a mapping/);
   });

@@ -1,6 +1,6 @@
 /**
- * load: reads moat.yaml (path from MOAT_CONFIG, default ./moat.yaml, built-in defaults when it does
- * not exist), applies MOAT_* overrides, validates, derives, freezes. Errors name every bad key (and
+ * load: reads moat.yaml (path from MOAT_CONFIG, default ./moat.yaml, built-in defaults when the default
+ * does not exist; a file named in MOAT_CONFIG must exist), applies MOAT_* overrides, validates, derives, freezes. Errors name every bad key (and
  * the variable it came from) in one ConfigError; nothing else in Moat reads process.env for settings.
  */
 import fs from 'node:fs';
@@ -22,7 +22,10 @@ export class ConfigError extends Error {
 export interface LoadOptions {
   /** Defaults to process.env. */
   env?: NodeJS.ProcessEnv;
-  /** Overrides MOAT_CONFIG. */
+  /**
+   * Overrides MOAT_CONFIG, taken as the default path is (tests): when it does not exist, built-in
+   * defaults.
+   */
   file?: string;
 }
 
@@ -43,13 +46,26 @@ function deepFreeze<T>(value: T): T {
 
 export function loadConfig(options: LoadOptions = {}): LoadedConfig {
   const env = options.env ?? process.env;
-  const file = path.resolve(options.file ?? env.MOAT_CONFIG ?? './moat.yaml');
+  // a file the operator named must be there; only the default may be absent (an empty MOAT_CONFIG is unset)
+  const named = options.file === undefined && !!env.MOAT_CONFIG;
+  const file = path.resolve(options.file ?? (env.MOAT_CONFIG || './moat.yaml'));
+  let text: string | undefined;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code !== 'ENOENT' || named) {
+      throw new ConfigError(
+        [`${file}${named ? ' (from MOAT_CONFIG)' : ''}: cannot read it: ${e.message}`],
+        file,
+      );
+    }
+  }
   let raw: unknown = {};
-  let fileExists = false;
-  if (fs.existsSync(file)) {
-    fileExists = true;
+  const fileExists = text !== undefined;
+  if (text !== undefined) {
     try {
-      raw = YAML.parse(fs.readFileSync(file, 'utf8')) ?? {};
+      raw = YAML.parse(text) ?? {};
     } catch (err) {
       throw new ConfigError([`${file}: not valid YAML: ${(err as Error).message}`], file);
     }

@@ -151,8 +151,11 @@ for (const h of daemons.handles)
 if (daemons.handles.length > 0) recordDaemons(records, daemons.handles);
 
 if (!stopping) {
-  // children resolve relative paths against the repository root, as this process does
-  const env = { ...process.env, MOAT_CONFIG: loaded.file, MOAT_DATA_DIR: c.dataDir, ...daemons.env };
+  // children resolve relative paths against the repository root, as this process does; a MOAT_CONFIG
+  // must name a file that is there, so on built-in defaults they get none (and find no ./moat.yaml either)
+  const env: NodeJS.ProcessEnv = { ...process.env, MOAT_DATA_DIR: c.dataDir, ...daemons.env };
+  if (loaded.fileExists) env.MOAT_CONFIG = loaded.file;
+  else delete env.MOAT_CONFIG;
   // screen only carries its spliced sessions to greylist: greylist's stop ends them
   supervisor = new Supervisor({
     root,
