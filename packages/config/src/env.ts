@@ -98,6 +98,64 @@ export interface EnvOverride {
 }
 
 /**
+ * MOAT_ variables Moat reads for other purposes than keys: the file's path, the test daemons'
+ * addresses (MOAT_TEST_*, MOAT_DAEMONS_STATE) and the benchmark's knobs (MOAT_BENCH_*).
+ */
+const OTHER_VARIABLES = /^MOAT_(CONFIG|DAEMONS_STATE|TEST_\w*|BENCH_\w*)$/;
+
+/** Every variable that names a key of the schema. */
+export function envVariables(schema: z.ZodType): string[] {
+  const out: string[] = [];
+  const walk = (s: z.ZodType, prefix: string[]) => {
+    for (const [key, child] of Object.entries(kindOf(s).shape ?? {})) {
+      const p = [...prefix, key];
+      if (kindOf(child).kind === 'object') walk(child, p);
+      else out.push(envName(p));
+    }
+  };
+  walk(schema, []);
+  return out;
+}
+
+function distance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let prev = row[0]!;
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const cur = row[j]!;
+      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      prev = cur;
+    }
+  }
+  return row[b.length]!;
+}
+
+/** " (did you mean MOAT_X or MOAT_Y?)" for a mistyped variable, or '' when nothing is near. */
+export function suggestVariable(name: string, known: readonly string[]): string {
+  const best = known
+    .map((k) => [k, distance(name, k)] as const)
+    .sort((x, y) => x[1] - y[1])
+    .filter(([, d]) => d <= 4)
+    .slice(0, 3)
+    .map(([k]) => k);
+  return best.length ? ` (did you mean ${best.join(' or ')}?)` : '';
+}
+
+/**
+ * The MOAT_ variables in env that name no key (a typo, or a key that is gone), apart from
+ * OTHER_VARIABLES, each as a problem line naming it.
+ */
+export function unknownVariables(schema: z.ZodType, env: NodeJS.ProcessEnv): string[] {
+  const known = envVariables(schema);
+  const keys = new Set(known);
+  return Object.keys(env)
+    .filter((v) => v.startsWith('MOAT_') && !keys.has(v) && !OTHER_VARIABLES.test(v))
+    .sort()
+    .map((v) => `${v}: not a configuration key${suggestVariable(v, known)}`);
+}
+
+/**
  * Applies MOAT_* variables onto the raw (unvalidated) file contents. Returns which keys came from the
  * environment, so a validation error can name the variable as well as the key.
  */

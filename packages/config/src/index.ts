@@ -4,7 +4,7 @@
  */
 export { ConfigError, loadConfig, type LoadOptions, type LoadedConfig } from './load.js';
 export { connectAddress, derive, internalSizeLimit, schema, type MoatConfig } from './schema.js';
-export { envName } from './env.js';
+export { envName, envVariables, suggestVariable } from './env.js';
 export { printConfig, maskSecrets } from './print.js';
 export {
   formatDuration,

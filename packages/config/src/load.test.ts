@@ -288,6 +288,40 @@ describe('loadConfig', () => {
     }
   });
 
+  it('refuses a MOAT_ variable that names no key, except those Moat reads for other purposes', () => {
+    let err: unknown;
+    try {
+      loadConfig({
+        file: '/nonexistent/moat.yaml',
+        env: { MOAT_SCREEN_LISTN: '127.0.0.1:2525', MOAT_SCREEN: 'x', MOAT_GREYLIST_DELAY: '60s' },
+      });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).problems).toEqual([
+      expect.stringMatching(/^MOAT_SCREEN: not a configuration key/),
+      expect.stringMatching(
+        /^MOAT_SCREEN_LISTN: not a configuration key \(did you mean MOAT_SCREEN_LISTEN\b/,
+      ),
+    ]);
+    const { config } = loadConfig({
+      file: '/nonexistent/moat.yaml',
+      env: {
+        MOAT_CONFIG: '/nonexistent.yaml',
+        MOAT_DAEMONS_STATE: '/tmp/state',
+        MOAT_TEST_CLAMD: '127.0.0.1:3310',
+        MOAT_TEST_RBLDNSD_DIR: '/tmp/rbldnsd',
+        MOAT_BENCH_CONNECTIONS: '32',
+        MOAT_FILTER_DESTINIES_VIRUS: 'reject',
+        MOAT_FILTER_POLICY_BANKS: '{}',
+        MOAT_GREYLIST_DELAY: '60s',
+      },
+    });
+    expect(config.greylist.delay).toBe(60_000);
+    expect(config.filter.destinies.virus).toBe('reject');
+  });
+
   it('rejects YAML that is not a mapping', () => {
     expect(() => loadConfig({ file: tmpFile('- a\n- b\n'), env: {} })).toThrow(/expected a mapping/);
   });

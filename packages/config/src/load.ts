@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
-import { applyEnv, type EnvOverride } from './env.js';
+import { applyEnv, type EnvOverride, unknownVariables } from './env.js';
 import { derive, derivedProblems, schema, type MoatConfig } from './schema.js';
 
 export class ConfigError extends Error {
@@ -75,12 +75,14 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
   }
   const { raw: merged, overrides } = applyEnv(schema, raw as Record<string, unknown>, env);
   const result = schema.safeParse(merged);
-  if (!result.success) {
+  // a variable that sets nothing is a mistake as an unknown key in the file is
+  const unknown = unknownVariables(schema, env);
+  if (!result.success || unknown.length) {
     // a variable sets a whole leaf (a list or a map too), so an issue inside it (a list element, a
     // map entry) came from the variable whose path starts its own
     const fromEnv = (issuePath: readonly PropertyKey[]) =>
       overrides.find((o) => o.path.every((p, i) => String(issuePath[i]) === p))?.variable;
-    const problems = result.error.issues.map((issue) => {
+    const problems = (result.error?.issues ?? []).map((issue) => {
       const keys =
         issue.code === 'unrecognized_keys'
           ? issue.keys.map((k) => [...issue.path, k].join('.'))
@@ -90,7 +92,7 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
       const message = issue.code === 'unrecognized_keys' ? 'unknown key' : issue.message;
       return `${key}: ${message}${variable ? ` (from ${variable})` : ''}`;
     });
-    throw new ConfigError(problems, fileExists ? file : 'built-in defaults and environment');
+    throw new ConfigError([...problems, ...unknown], fileExists ? file : 'built-in defaults and environment');
   }
   const config = derive(result.data);
   const problems = derivedProblems(config);

@@ -15,11 +15,13 @@ import { fileURLToPath } from 'node:url';
 import {
   ConfigError,
   envName,
+  envVariables,
   loadConfig,
   NetworkList,
   parseCidr,
   parseHostPort,
   schema,
+  suggestVariable,
   type LoadedConfig,
   type MoatConfig,
 } from '@moat/config';
@@ -138,54 +140,6 @@ function appOf(service: Service, apps: App[]): App | undefined {
 }
 
 /** Every MOAT_* variable name the schema defines (for "did you mean" hints). */
-function knownVariables(): string[] {
-  interface Def {
-    type: string;
-    innerType?: unknown;
-    in?: unknown;
-    shape?: Record<string, unknown>;
-  }
-  const def = (s: unknown) => (s as { _zod: { def: Def } })._zod.def;
-  const out: string[] = [];
-  const walk = (s: unknown, prefix: string[]) => {
-    let d = def(s);
-    while (['default', 'prefault', 'optional', 'nullable', 'readonly', 'catch', 'pipe'].includes(d.type)) {
-      d = def(d.type === 'pipe' ? d.in : d.innerType);
-    }
-    if (d.type === 'object' && d.shape) {
-      for (const [k, child] of Object.entries(d.shape)) walk(child, [...prefix, k]);
-    } else if (prefix.length) {
-      out.push(envName(prefix));
-    }
-  };
-  walk(schema, []);
-  return out;
-}
-
-function distance(a: string, b: string): number {
-  const row = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    let prev = row[0]!;
-    row[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const cur = row[j]!;
-      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
-      prev = cur;
-    }
-  }
-  return row[b.length]!;
-}
-
-function suggest(name: string, known: string[]): string {
-  const best = known
-    .map((k) => [k, distance(name, k)] as const)
-    .sort((x, y) => x[1] - y[1])
-    .filter(([, d]) => d <= 4)
-    .slice(0, 3)
-    .map(([k]) => k);
-  return best.length ? ` (did you mean ${best.join(' or ')}?)` : '';
-}
-
 const isLoopbackHost = (host: string) => /^(127\.|localhost$|::1$|\[::1\]$)/.test(host);
 const isWildcardHost = (host: string) => host === '0.0.0.0' || host === '::' || host === '[::]';
 
@@ -346,7 +300,7 @@ describe('docker-compose.yml', () => {
   const compose = readCompose();
   const apps = readApps();
   const services = Object.entries(compose.services);
-  const known = knownVariables();
+  const known = envVariables(schema);
 
   const loaded = new Map<string, LoadedConfig>();
   const loadProblems = new Map<string, string>();
@@ -443,7 +397,9 @@ describe('docker-compose.yml', () => {
       const used = new Set(loaded.get(name)!.overrides.map((o) => o.variable));
       for (const variable of given) {
         if (!used.has(variable)) {
-          problems.push(`service ${name}: ${variable} is not a configuration key${suggest(variable, known)}`);
+          problems.push(
+            `service ${name}: ${variable} is not a configuration key${suggestVariable(variable, known)}`,
+          );
         }
       }
     }
