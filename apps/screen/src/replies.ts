@@ -3,12 +3,13 @@
  * words, so operators can grep for the same strings they grep for today. Replies carry no CRLF; the
  * writer adds it. Exports replies, logText, escapeBytes, secs and the Action/Test types.
  */
+import type { SCREEN_TESTS } from '@moat/config';
 import { replyText as dnsblReply } from '@moat/dnsbl';
 
 export type Action = 'ignore' | 'enforce' | 'drop';
 
-/** The tests screen runs, by the names they have in the reputation store. */
-export type TestName = 'pregreet' | 'dnsbl' | 'pipelining' | 'non_smtp_command' | 'bare_newline';
+/** The tests screen runs, by the names they have in the reputation store (greylist.trustScreenTests). */
+export type TestName = (typeof SCREEN_TESTS)[number];
 export const EARLY_TESTS = ['pregreet', 'dnsbl'] as const;
 export const DEEP_TESTS = ['pipelining', 'non_smtp_command', 'bare_newline'] as const;
 export type DeepTest = (typeof DEEP_TESTS)[number];

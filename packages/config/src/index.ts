@@ -18,3 +18,4 @@ export {
   type HostPort,
 } from './units.js';
 export { DEFAULT_BANNED_FILES, FILTER_CATEGORIES } from './sections/filter.js';
+export { SCREEN_TESTS } from './sections/screen.js';

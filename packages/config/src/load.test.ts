@@ -322,6 +322,22 @@ describe('loadConfig', () => {
     expect(config.filter.destinies.virus).toBe('reject');
   });
 
+  it("validates greylist.trustScreenTests against screen's test names", () => {
+    expect(() =>
+      loadConfig({
+        file: '/nonexistent/moat.yaml',
+        env: { MOAT_GREYLIST_TRUST_SCREEN_TESTS: 'pipelining,non_smtp' },
+      }),
+    ).toThrow(
+      /greylist\.trustScreenTests\.1: .*"pregreet"\|"dnsbl"\|"pipelining"\|"non_smtp_command"\|"bare_newline" \(from MOAT_GREYLIST_TRUST_SCREEN_TESTS\)/,
+    );
+    const { config } = loadConfig({
+      file: '/nonexistent/moat.yaml',
+      env: { MOAT_GREYLIST_TRUST_SCREEN_TESTS: 'pipelining,non_smtp_command,bare_newline' },
+    });
+    expect(config.greylist.trustScreenTests).toEqual(['pipelining', 'non_smtp_command', 'bare_newline']);
+  });
+
   it('rejects YAML that is not a mapping', () => {
     expect(() => loadConfig({ file: tmpFile('- a\n- b\n'), env: {} })).toThrow(/expected a mapping/);
   });

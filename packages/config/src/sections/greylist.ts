@@ -7,6 +7,7 @@
 import { z } from 'zod';
 import { cidr, duration, hostPort, size, timer } from '../units.js';
 import { internalListener, nextHop, peerList } from './hop.js';
+import { SCREEN_TESTS } from './screen.js';
 
 export const greylist = z
   .strictObject({
@@ -71,8 +72,12 @@ export const greylist = z
     reverseLookup: z.boolean().default(true),
     /** Skip greylisting for a client screen trusts: unexpired DNSWL trust with a negative score in the shared store. */
     trustScreen: z.boolean().default(true),
-    /** Screen tests whose unexpired pass also counts as trust (e.g. [pipelining, non_smtp, bare_newline]); empty = DNSWL only. */
-    trustScreenTests: z.array(z.string()).default([]),
+    /**
+     * Screen tests whose unexpired pass (of every one listed) also counts as trust: pregreet, dnsbl,
+     * pipelining, non_smtp_command, bare_newline (e.g. [pipelining, non_smtp_command, bare_newline]);
+     * empty = DNSWL only.
+     */
+    trustScreenTests: z.array(z.enum(SCREEN_TESTS)).default([]),
     /** Key the triplet on the sender's domain instead of the client network when the client passes the domain's SPF (a pool's retry from another address then passes). */
     spfKeying: z.boolean().default(true),
     /** How long an SPF answer for (client, domain) is reused. */

@@ -8,6 +8,9 @@ import { z } from 'zod';
 import { cidr, duration, hostPort, timer } from '../units.js';
 import { LOOPBACK } from './common.js';
 
+/** The tests screen runs, by the names their passes have in the reputation store. */
+export const SCREEN_TESTS = ['pregreet', 'dnsbl', 'pipelining', 'non_smtp_command', 'bare_newline'] as const;
+
 /** postscreen's three actions: log only / let the client talk and reject every RCPT / 521 and close. */
 const action = (dflt: 'ignore' | 'enforce' | 'drop') => z.enum(['ignore', 'enforce', 'drop']).default(dflt);
 
