@@ -3,10 +3,12 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ConfigError } from '@moat/config';
 import { handOver } from '@moat/handover';
 import { silentLogger } from '@moat/log';
 import { createListener, type HopHandlers, type Listener } from './listener.js';
 import { reply } from './replies.js';
+import { ensureTlsCertificate } from './tls.js';
 
 let listener: Listener | undefined;
 afterEach(async () => {
@@ -353,6 +355,53 @@ describe('closing the smtp-server engine with clients handed over to it', () => 
       release();
       front.close();
       fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('ensureTlsCertificate', () => {
+  const problemOf = async (opts: { cert: string; key: string }): Promise<string> => {
+    const err = await ensureTlsCertificate({
+      ...opts,
+      dataDir: '/nonexistent',
+      hostname: 'mx.example.test',
+    }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(ConfigError);
+    return (err as ConfigError).problems.join('\n');
+  };
+
+  it('refuses configured files that cannot be read, or given alone, with a ConfigError naming the key and file', async () => {
+    expect(await problemOf({ cert: '/nonexistent.pem', key: '/nonexistent.key' })).toMatch(
+      /^tls\.cert: cannot read \/nonexistent\.pem: ENOENT/,
+    );
+    expect(await problemOf({ cert: '/nonexistent.pem', key: '' })).toBe(
+      'tls.key: must be given together with tls.cert (/nonexistent.pem)',
+    );
+    expect(await problemOf({ cert: '', key: '/nonexistent.key' })).toBe(
+      'tls.cert: must be given together with tls.key (/nonexistent.key)',
+    );
+  });
+
+  it('reads a generated pair back as configured files, and refuses a key that is missing or not a key', async () => {
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'moat-tls-'));
+    try {
+      const made = await ensureTlsCertificate({ cert: '', key: '', dataDir, hostname: 'mx.example.test' });
+      expect(made.generated).toBe(true);
+      const cert = path.join(dataDir, 'tls', 'selfsigned.crt');
+      const key = path.join(dataDir, 'tls', 'selfsigned.key');
+      const again = await ensureTlsCertificate({ cert, key, dataDir, hostname: 'mx.example.test' });
+      expect(again.key.equals(made.key)).toBe(true);
+      expect(await problemOf({ cert, key: path.join(dataDir, 'missing.key') })).toMatch(
+        new RegExp(`^tls\\.key: cannot read ${dataDir}/missing\\.key: ENOENT`),
+      );
+      expect(await problemOf({ cert, key: cert })).toMatch(
+        /^tls\.cert, tls\.key: .* are not a usable pair: /,
+      );
+    } finally {
+      fs.rmSync(dataDir, { recursive: true, force: true });
     }
   });
 });
