@@ -101,6 +101,7 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
     xforward: false,
     messageSizeLimit: c.messageSizeLimit,
     recipientLimit: c.recipientLimit,
+    errorLimit: c.hardErrorLimit,
     idleTimeoutMs: c.idleTimeout,
     tls: { key: tls.key, cert: tls.cert },
     handover: config.screen.handover

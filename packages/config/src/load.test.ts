@@ -54,6 +54,17 @@ describe('loadConfig', () => {
     expect(off.config.screen.handover).toBe(false);
   });
 
+  it('keeps an internationalized local domain as its A-label, however it is written', () => {
+    const load = (d: string) =>
+      loadConfig({ file: '/nonexistent/moat.yaml', env: { MOAT_DOMAINS: d } }).config.domains;
+    expect(load('b\u00fccher.test, XN--BCHER-KVA.test, Example.TEST')).toEqual([
+      'xn--bcher-kva.test',
+      'xn--bcher-kva.test',
+      'example.test',
+    ]);
+    expect(() => load('exa mple.test')).toThrow(/domains\.0: expected a domain like example\.test/);
+  });
+
   it('lets spamd be off, never clamd (no message passes without a virus scan)', () => {
     const load = (env: Record<string, string>) => loadConfig({ file: '/nonexistent/moat.yaml', env });
     expect(load({ MOAT_FILTER_SPAMD: 'off' }).config.filter.spamd).toBe('off');

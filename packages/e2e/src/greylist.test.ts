@@ -158,6 +158,14 @@ describe('greylisting in the MX smtpd (RCPT, Postgrey rules)', () => {
     ).toBeUndefined();
   });
 
+  it('ends a session of relay probing after 20 refusals with 421 4.7.0 (smtpd_hard_error_limit)', async () => {
+    const probes = Array.from({ length: 25 }, (_, i) => `victim${i}@elsewhere${i}.test`);
+    const r = await send('127.0.0.32', 'x@remote.test', probes);
+    const denied = r.replies.filter((l) => / Relay access denied$/.test(l));
+    expect(denied).toHaveLength(20);
+    expect(r.replies).toContain('421 4.7.0 mx.example.test Error: too many errors');
+  });
+
   it('whitelists a client after five first passes (client AWL), per exact address', async () => {
     // four earlier first passes, an hour apart, as the store would hold them
     const store = await openStore('sqlite', { dataDir: chain.dataDir });

@@ -2,6 +2,7 @@
  * common: the keys every service reads (identity, local domains, state, DNS, TLS, logging).
  */
 import os from 'node:os';
+import { domainToASCII } from 'node:url';
 import { z } from 'zod';
 import { cidr, hostPort, timer } from '../units.js';
 
@@ -13,13 +14,17 @@ export const common = {
     .string()
     .regex(/^[A-Za-z0-9.-]+$/, 'expected a host name like mx.example.test')
     .default(os.hostname()),
-  /** Local domains: mail for these is accepted and delivered (Postfix: mydestination/virtual domains). */
+  /**
+   * Local domains: mail for these is accepted and delivered (Postfix: mydestination/virtual domains). An
+   * internationalized one may be given as written (bücher.test) or as its A-label (xn--bcher-kva.test):
+   * it is kept as the A-label, the form the MX compares addresses in.
+   */
   domains: z
     .array(
       z
         .string()
-        .regex(/^[A-Za-z0-9.-]+$/, 'expected a domain like example.test')
-        .transform((d) => d.toLowerCase()),
+        .transform((d) => (/^[\x21-\x7e]*$/.test(d) ? d : domainToASCII(d)).toLowerCase())
+        .pipe(z.string().regex(/^[a-z0-9.-]+$/, 'expected a domain like example.test')),
     )
     .default(['example.test']),
   /**

@@ -29,6 +29,12 @@ export const greylist = z
     messageSizeLimit: size('50MB', 1),
     /** Recipients per message (Postfix: smtpd_recipient_limit). Past it: 452 4.5.3. */
     recipientLimit: z.number().int().min(1).default(1000),
+    /**
+     * 4xx and 5xx replies a client may have in one session without a message accepted; the next command
+     * then gets `421 4.7.0 <hostname> Error: too many errors` and the session ends (Postfix:
+     * smtpd_hard_error_limit, 20): relay probing and address harvesting stop there. 0: no limit.
+     */
+    hardErrorLimit: z.number().int().min(0).default(20),
     /** Idle client between commands (Postfix: smtpd_timeout). */
     idleTimeout: timer('300s'),
 
