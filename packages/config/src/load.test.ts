@@ -65,6 +65,17 @@ describe('loadConfig', () => {
     expect(() => load('exa mple.test')).toThrow(/domains\.0: expected a domain like example\.test/);
   });
 
+  it('refuses settings that would make a timer spin or a check misbehave, naming the key', () => {
+    const load = (env: Record<string, string>) => loadConfig({ file: '/nonexistent/moat.yaml', env });
+    expect(() => load({ MOAT_GREYLIST_MAINTENANCE_INTERVAL: '0' })).toThrow(
+      /greylist\.maintenanceInterval: expected at least 1s, got "0"/,
+    );
+    expect(() => load({ MOAT_SCREEN_DNSBL_MIN_TTL: '2h' })).toThrow(
+      /screen\.dnsblMinTtl: must not be above screen\.dnsblMaxTtl \(1h\)/,
+    );
+    expect(() => load({ MOAT_FILTER_SPAM_MAX_SIZE: '0' })).toThrow(/filter\.spamMaxSize: /);
+  });
+
   it('lets spamd be off, never clamd (no message passes without a virus scan)', () => {
     const load = (env: Record<string, string>) => loadConfig({ file: '/nonexistent/moat.yaml', env });
     expect(load({ MOAT_FILTER_SPAMD: 'off' }).config.filter.spamd).toBe('off');

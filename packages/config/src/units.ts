@@ -85,7 +85,7 @@ export const MAX_TIMER_MS = 24 * DURATION_UNITS.d!;
  * A duration in milliseconds, written as a Postfix-style string in the file. `max` bounds it (in ms):
  * a key used as a timer delay uses timer() below; a lifetime only used in arithmetic needs none.
  */
-export const duration = (dflt: string, max?: number) =>
+export const duration = (dflt: string, max?: number, min?: number) =>
   z
     .union([z.string(), z.number()])
     .transform((v, ctx) => {
@@ -94,6 +94,13 @@ export const duration = (dflt: string, max?: number) =>
         ctx.addIssue({
           code: 'custom',
           message: `expected a duration like 300s, 5m or 1d, got ${JSON.stringify(v)}`,
+        });
+        return z.NEVER;
+      }
+      if (min !== undefined && ms < min) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `expected at least ${formatDuration(min)}, got ${JSON.stringify(v)}`,
         });
         return z.NEVER;
       }
@@ -108,8 +115,11 @@ export const duration = (dflt: string, max?: number) =>
     })
     .prefault(dflt);
 
-/** A duration used as a timer delay (a timeout or an interval): at most MAX_TIMER_MS (24d). */
-export const timer = (dflt: string) => duration(dflt, MAX_TIMER_MS);
+/**
+ * A duration used as a timer delay (a timeout or an interval): at most MAX_TIMER_MS (24d), and at least
+ * `min` where 0 would make an interval run every millisecond.
+ */
+export const timer = (dflt: string, min?: number) => duration(dflt, MAX_TIMER_MS, min);
 
 /** A size in bytes; `min` refuses smaller ones (a limit where 0 would refuse everything). */
 export const size = (dflt: string | number, min = 0) =>

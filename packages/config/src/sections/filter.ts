@@ -125,8 +125,9 @@ export const filter = z
     /**
      * Of a larger message only the first this many bytes go to spamd (recorded as truncated), as
      * amavis' $sa_mail_body_size_limit (sample: 400k); padding a message past it does not skip scoring.
+     * At least 1 byte (0 would send spamd nothing to score; `spamd: off` says that plainly).
      */
-    spamMaxSize: size('512k'),
+    spamMaxSize: size('512k', 1),
     /**
      * What a scanner failure (error, timeout, limit exceeded, encrypted archive) does to the message:
      * `tempfail` (451 4.3.0, amavis' $virus_scanners_failure_is_fatal) or `pass` (delivered with

@@ -96,7 +96,10 @@ export const greylist = z
     policyPeers: peerList(),
     /** Deadline of every call to the reputation store; past it: 451 4.3.0. */
     storeTimeout: timer('1s'),
-    /** How often expired triplets and AWL entries are removed (in small batches, mail keeps flowing). */
-    maintenanceInterval: timer('1h'),
+    /**
+     * How often expired triplets and AWL entries are removed (in small batches, mail keeps flowing). At
+     * least 1s: there is no "never", the store would only grow.
+     */
+    maintenanceInterval: timer('1h', 1000),
   })
   .prefault({});

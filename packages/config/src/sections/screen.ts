@@ -5,7 +5,7 @@
  */
 import { parseSites } from '@moat/dnsbl';
 import { z } from 'zod';
-import { cidr, duration, hostPort, timer } from '../units.js';
+import { cidr, duration, formatDuration, hostPort, timer } from '../units.js';
 import { LOOPBACK } from './common.js';
 
 /** The tests screen runs, by the names their passes have in the reputation store. */
@@ -155,5 +155,13 @@ export const screen = z
     upstreamProxyPeers: z.array(cidr()).default(LOOPBACK),
     /** Deadline for the whole PROXY header (postscreen_upstream_proxy_timeout). */
     upstreamProxyTimeout: timer('5s'),
+  })
+  .superRefine((s, ctx) => {
+    if (s.dnsblMinTtl > s.dnsblMaxTtl)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['dnsblMinTtl'],
+        message: `must not be above screen.dnsblMaxTtl (${formatDuration(s.dnsblMaxTtl)})`,
+      });
   })
   .prefault({});
