@@ -160,7 +160,7 @@ export async function startClamd(opts: CommonOptions): Promise<ClamdHandle> {
     const socket = socketPath(stateDir, port);
     const conf = path.join(stateDir, 'clamd.conf');
     writeShared(conf, clamdConfig({ databaseDir, port, socket, logFile: clamdLog }));
-    const { pid, readyMs } = await spawnDaemon({
+    const { pid, readyMs, exited } = await spawnDaemon({
       name: 'clamd',
       command: bin,
       args: ['-c', conf],
@@ -178,6 +178,7 @@ export async function startClamd(opts: CommonOptions): Promise<ClamdHandle> {
       pid,
       logFile,
       readyMs,
+      exited,
       stop: () => stopPid(pid),
     };
   });

@@ -40,7 +40,15 @@ export {
   type Zone,
   type ZoneType,
 } from './rbldnsd.js';
-export { dnsResolver, freePort, isAlive, stopPid, type CommonOptions, type DaemonHandle } from './process.js';
+export {
+  dnsResolver,
+  freePort,
+  isAlive,
+  stopPid,
+  type CommonOptions,
+  type DaemonExit,
+  type DaemonHandle,
+} from './process.js';
 export {
   ALL_TOOLS,
   aptInstallArgs,

@@ -1,7 +1,7 @@
 /**
  * process: the plumbing every daemon shares. Exports DaemonHandle and CommonOptions, freePort
  * (listen on port 0 and close), spawnDaemon (starts one daemon in its own process group with its
- * output in a log file, waits until a probe answers), onPort (a free port, retried when the daemon
+ * output in a log file, waits until a probe answers, and reports its exit), onPort (a free port, retried when the daemon
  * loses the race for it), stopPid (SIGTERM that pid, SIGKILL its group after a grace period, wait
  * until it is gone), isAlive, isRoot, passwd, sharedDir/writeShared/untraversable (state the
  * daemons' unprivileged users can read), and the small probes: tcpExchange, dnsResolver, dnsAnswers.
@@ -26,8 +26,16 @@ export interface DaemonHandle {
   readonly logFile: string;
   /** Milliseconds from spawn until the probe answered. */
   readonly readyMs: number;
+  /** Settles when the process exits, whatever ended it (stop() included): what a watcher waits on. */
+  readonly exited: Promise<DaemonExit>;
   /** Kills exactly this pid (SIGTERM, SIGKILL to its process group after a few seconds) and waits. */
   stop(): Promise<void>;
+}
+
+/** How a daemon's process ended: its exit code, or the signal that killed it. */
+export interface DaemonExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
 }
 
 /** Options every start* function takes. */
@@ -227,17 +235,23 @@ async function waitGone(check: () => boolean, ms: number): Promise<boolean> {
 /**
  * Stops exactly one daemon: SIGTERM to pid, waits up to graceMs, then SIGKILL to its process group
  * (pid is the group leader: spawnDaemon starts each daemon in its own group). Afterwards, any of
- * its own children still left in that group (spamd's preforked children) get SIGKILL too.
+ * its own children still left in that group (spamd's preforked children) get SIGKILL too, and are
+ * waited for: they may hold the daemon's listening socket. A leader already gone (killed on its
+ * own) has only its group cleared: the kernel does not reuse a pid while a group still has it as its id.
  */
 export async function stopPid(pid: number, graceMs = 5000): Promise<void> {
-  if (!isAlive(pid)) return;
-  signal(pid, 'SIGTERM');
-  if (!(await waitGone(() => isAlive(pid), graceMs))) {
-    signal(-pid, 'SIGKILL');
-    signal(pid, 'SIGKILL');
-    await waitGone(() => isAlive(pid), 2000);
+  if (isAlive(pid)) {
+    signal(pid, 'SIGTERM');
+    if (!(await waitGone(() => isAlive(pid), graceMs))) {
+      signal(-pid, 'SIGKILL');
+      signal(pid, 'SIGKILL');
+      await waitGone(() => isAlive(pid), 2000);
+    }
   }
-  if (!(await waitGone(() => groupAlive(pid), 1000))) signal(-pid, 'SIGKILL');
+  if (!(await waitGone(() => groupAlive(pid), 1000))) {
+    signal(-pid, 'SIGKILL');
+    await waitGone(() => groupAlive(pid), 2000);
+  }
 }
 
 /** Owned (not detached) daemons get a SIGTERM to their group if this process exits without stopping them. */
@@ -280,8 +294,13 @@ export interface SpawnSpec {
   extraLogs?: string[];
 }
 
-/** Spawns a daemon in its own process group and waits until its probe answers. */
-export async function spawnDaemon(spec: SpawnSpec): Promise<{ pid: number; readyMs: number }> {
+/**
+ * Spawns a daemon in its own process group and waits until its probe answers; `exited` settles when
+ * it exits, then or later.
+ */
+export async function spawnDaemon(
+  spec: SpawnSpec,
+): Promise<{ pid: number; readyMs: number; exited: Promise<DaemonExit> }> {
   const started = Date.now();
   const out = fs.openSync(spec.logFile, 'a');
   let exit: string | undefined;
@@ -291,10 +310,13 @@ export async function spawnDaemon(spec: SpawnSpec): Promise<{ pid: number; ready
     child.once('spawn', () => resolve(child.pid!));
     child.once('error', reject);
   });
-  child.on('exit', (code, sig) => {
-    exit = sig ? `killed by ${sig}` : `exited with code ${code}`;
-    owned.delete(spawned);
-  });
+  const exited = new Promise<DaemonExit>((resolve) =>
+    child.on('exit', (code, sig) => {
+      exit = sig ? `killed by ${sig}` : `exited with code ${code}`;
+      owned.delete(spawned);
+      resolve({ code, signal: sig });
+    }),
+  );
   if (spec.detached) child.unref();
   else own(spawned);
 
@@ -307,7 +329,7 @@ export async function spawnDaemon(spec: SpawnSpec): Promise<{ pid: number; ready
         `${spec.name} ${exit} before answering: ${spec.command} ${spec.args.join(' ')}\n${describe()}`,
       );
     }
-    if (await spec.probe().catch(() => false)) return { pid: spawned, readyMs: Date.now() - started };
+    if (await spec.probe().catch(() => false)) return { pid: spawned, readyMs: Date.now() - started, exited };
     if (Date.now() > deadline) {
       await stopPid(spawned, 2000);
       throw new Error(`${spec.name} did not answer within ${spec.timeoutMs ?? 30_000} ms\n${describe()}`);

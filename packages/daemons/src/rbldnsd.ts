@@ -151,7 +151,7 @@ export async function startRbldnsd(opts: RbldnsdOptions): Promise<RbldnsdHandle>
   const user = isRoot() && !passwd('rbldns') ? 'nobody' : undefined;
 
   return onPort(opts.port, 'udp', async (port) => {
-    const { pid, readyMs } = await spawnDaemon({
+    const { pid, readyMs, exited } = await spawnDaemon({
       name: 'rbldnsd',
       command: bin,
       args: rbldnsdArgs({ port, dir, zones, ttl: opts.ttl, user }),
@@ -169,6 +169,7 @@ export async function startRbldnsd(opts: RbldnsdOptions): Promise<RbldnsdHandle>
       zones,
       logFile,
       readyMs,
+      exited,
       stop: () => stopPid(pid),
     };
   });

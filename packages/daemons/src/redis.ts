@@ -43,7 +43,7 @@ export async function startRedis(opts: CommonOptions): Promise<DaemonHandle> {
   const stateDir = sharedDir(opts.stateDir);
   const logFile = path.join(stateDir, 'redis.out');
   return onPort(opts.port, 'tcp', async (port) => {
-    const { pid, readyMs } = await spawnDaemon({
+    const { pid, readyMs, exited } = await spawnDaemon({
       name: 'redis',
       command: bin,
       args: redisArgs(port, stateDir),
@@ -59,6 +59,7 @@ export async function startRedis(opts: CommonOptions): Promise<DaemonHandle> {
       pid,
       logFile,
       readyMs,
+      exited,
       stop: () => stopPid(pid),
     };
   });

@@ -131,7 +131,7 @@ export async function startSpamd(opts: SpamdOptions): Promise<DaemonHandle> {
   const spamdLog = path.join(stateDir, 'spamd.log');
 
   return onPort(opts.port, 'tcp', async (port) => {
-    const { pid, readyMs } = await spawnDaemon({
+    const { pid, readyMs, exited } = await spawnDaemon({
       name: 'spamd',
       command: bin,
       args: spamdArgs({
@@ -156,6 +156,7 @@ export async function startSpamd(opts: SpamdOptions): Promise<DaemonHandle> {
       pid,
       logFile,
       readyMs,
+      exited,
       stop: () => stopPid(pid),
     };
   });

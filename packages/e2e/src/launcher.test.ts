@@ -82,6 +82,11 @@ async function fiveListening({ lines }: Launcher): Promise<void> {
   });
 }
 
+/** One message from a@remote.test to user@example.test through screen's port, with swaks. */
+function sendOne(screen: number): ReturnType<typeof swaks> {
+  return swaks(['--server', `127.0.0.1:${screen}`, '--from', 'a@remote.test', '--to', 'user@example.test']);
+}
+
 /** Processes (services, managed daemons) whose command line or environment names dataDir. */
 function processesUsing(dataDir: string): number[] {
   const found: number[] = [];
@@ -133,14 +138,7 @@ describe('the launcher (npm start)', () => {
           lines.some((l) => l.startsWith(name.padEnd(10) + '| ') && l.includes('"msg":"listening"')),
         ).toBe(true);
       }
-      const r = await swaks([
-        '--server',
-        `127.0.0.1:${screen}`,
-        '--from',
-        'a@remote.test',
-        '--to',
-        'user@example.test',
-      ]);
+      const r = await sendOne(screen);
       expect(r.exitCode, r.output).toBe(0);
       await waitFor(
         () => maildirMessages(path.join(dataDir, 'mail'), 'user@example.test').length === 1 || undefined,
@@ -264,6 +262,50 @@ describe('the launcher (npm start)', () => {
     } finally {
       cleanUp(first, dataDir);
       cleanUp(second, dataDir);
+    }
+  }, 120_000);
+
+  it('restarts a managed clamd killed with -9 on its address, so mail is delivered again', async () => {
+    const { file, dataDir, screen } = await configFile();
+    const launcher = spawnLauncher(file, dataDir);
+    const { lines } = launcher;
+    try {
+      await fiveListening(launcher);
+      const started = /^moat: managed clamd on (\S+) \(pid (\d+)\)$/;
+      const [, address, pid] = lines.map((l) => started.exec(l)).find((m) => m !== null)!;
+      process.kill(Number(pid), 'SIGKILL');
+      await waitFor(
+        () =>
+          lines.includes(`moat: managed clamd (pid ${pid}) exited (SIGKILL); restarting in 1s`) || undefined,
+        10_000,
+        'the exit to be logged',
+      );
+      // on the same address, a new pid, which the record for the next launcher names
+      const again = await waitFor(
+        () => lines.map((l) => started.exec(l)).find((m) => m !== null && m[2] !== pid) ?? undefined,
+        30_000,
+        'clamd to start again',
+      );
+      expect(again[1]).toBe(address);
+      const record = JSON.parse(fs.readFileSync(path.join(dataDir, 'daemons/managed.json'), 'utf8')) as {
+        daemons: { name: string; pid: number }[];
+      };
+      expect(record.daemons.find((d) => d.name === 'clamd')?.pid).toBe(Number(again[2]));
+      // filter reaches it again without a restart of its own
+      await waitFor(
+        async () => (await sendOne(screen)).exitCode === 0 || undefined,
+        20_000,
+        'a message delivered through the chain',
+      );
+      expect(maildirMessages(path.join(dataDir, 'mail'), 'user@example.test')).toHaveLength(1);
+      expect(lines.some((l) => l.startsWith('filter    | ') && l.includes('"msg":"stopped"'))).toBe(false);
+      process.kill(launcher.child.pid!, 'SIGTERM');
+      expect(await launcher.exited).toBe(0);
+      await waitFor(() => processesUsing(dataDir).length === 0 || undefined, 5000, 'nothing left running');
+    } catch (err) {
+      throw new Error(`${(err as Error).message}; the launcher printed:\n${lines.slice(-40).join('\n')}`);
+    } finally {
+      cleanUp(launcher, dataDir);
     }
   }, 120_000);
 

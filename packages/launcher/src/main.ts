@@ -6,8 +6,9 @@
  * Managed daemons: filter.clamd / filter.spamd default to `managed`, so `npm start` on a fresh machine
  * scans for real: the launcher starts clamd and spamd itself (@moat/daemons, state under
  * dataDir/daemons, loopback, EICAR-only signatures until freshclam's databases are added), hands the
- * filter their addresses (MOAT_FILTER_CLAMD / MOAT_FILTER_SPAMD in the children's environment), and
- * stops them after the services. Containers and real installations set addresses instead.
+ * filter their addresses (MOAT_FILTER_CLAMD / MOAT_FILTER_SPAMD in the children's environment),
+ * restarts one that dies on the same address (managed.ts), and stops them after the services.
+ * Containers and real installations set addresses instead.
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -16,6 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { ConfigError, loadConfig, printConfig } from '@moat/config';
 import { type DaemonHandle, ensureInstalled, startClamd, startSpamd } from '@moat/daemons';
 import { forgetDaemons, lockDataDir, recordDaemons, stopLeftovers } from './leftovers.js';
+import { KeptDaemon } from './managed.js';
 import { CONFIG_ERROR_EXIT, Supervisor } from './supervisor.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -44,8 +46,16 @@ process.stdout.write(
 /** clamd or spamd is not installed (and could not be). */
 class NotInstalled extends Error {}
 
-/** Starts the daemons filter.clamd / filter.spamd name as `managed`; returns them and their variables. */
-async function managedDaemons(): Promise<{ handles: DaemonHandle[]; env: Record<string, string> }> {
+interface Managed {
+  handles: KeptDaemon[];
+  env: Record<string, string>;
+}
+
+/**
+ * Starts the daemons filter.clamd / filter.spamd name as `managed`, each kept running (restarted on
+ * its address when it dies); returns them and their variables.
+ */
+async function managedDaemons(): Promise<Managed> {
   const wanted = { clamd: c.filter.clamd === 'managed', spamd: c.filter.spamd === 'managed' };
   if (!wanted.clamd && !wanted.spamd) return { handles: [], env: {} };
   // a fresh machine: as root on Debian the missing packages are installed (one apt-get install),
@@ -74,7 +84,16 @@ async function managedDaemons(): Promise<{ handles: DaemonHandle[]; env: Record<
     }
     const env: Record<string, string> = {};
     for (const h of handles) env[h.name === 'clamd' ? 'MOAT_FILTER_CLAMD' : 'MOAT_FILTER_SPAMD'] = h.address;
-    return { handles, env };
+    const kept = handles.map(
+      (h) =>
+        new KeptDaemon(h, {
+          restart: () => (h.name === 'clamd' ? startClamd : startSpamd)({ stateDir, port: h.port }),
+          say: (line) => process.stdout.write(`moat: ${line}\n`),
+          // the next launcher after a kill -9 must find the daemon that runs now
+          onRestart: () => recordDaemons(records, kept),
+        }),
+    );
+    return { handles: kept, env };
   };
   try {
     return await start(path.join(c.dataDir, 'daemons'));
@@ -109,7 +128,7 @@ if (other !== undefined) {
 // runs no exit hook and would leave every service and daemon running (they are in their own groups).
 let stopping = false;
 let supervisor: Supervisor | undefined;
-let starting: Promise<{ handles: DaemonHandle[]; env: Record<string, string> }> | undefined;
+let starting: Promise<Managed> | undefined;
 const stop = (signal: string) => {
   if (stopping) {
     // the second Ctrl-C: everything now, open sessions or not
@@ -120,6 +139,8 @@ const stop = (signal: string) => {
   process.stdout.write(`moat: ${signal}: stopping the services\n`);
   void (async () => {
     const daemons = await starting?.catch(() => undefined);
+    // one that dies while the services stop is not started again
+    for (const h of daemons?.handles ?? []) h.retire();
     await supervisor?.stop();
     await Promise.all((daemons?.handles ?? []).map((h) => h.stop()));
     forgetDaemons(records);
@@ -131,7 +152,7 @@ for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal
 // after a SIGHUP the terminal is gone: lines that cannot be written are dropped, the stop goes on
 for (const stream of [process.stdout, process.stderr]) stream.on('error', () => {});
 
-let daemons: { handles: DaemonHandle[]; env: Record<string, string> };
+let daemons: Managed;
 try {
   // a launcher killed with -9 left its clamd and spamd running: stop them before starting ours
   await stopLeftovers(records, (line) => process.stdout.write(`moat: ${line}\n`));
