@@ -156,6 +156,35 @@ describe('the launcher (npm start)', () => {
     }
   }, 90_000);
 
+  it('starts the chain from its back: the first client screen accepts is greeted 220, not 421', async () => {
+    const { file, dataDir, screen } = await configFile();
+    const launcher = spawnLauncher(file, dataDir);
+    try {
+      // the very first connection screen accepts
+      const first = await waitFor(
+        () => SmtpClient.connect(screen).catch(() => undefined),
+        60_000,
+        'screen to accept a connection',
+      );
+      expect((await first.read(20_000)).text).toMatch(/^220 /);
+      expect((await first.cmd('EHLO client.remote.test')).code).toBe(250);
+      await first.quit();
+      await fiveListening(launcher);
+      const listening = launcher.lines
+        .filter((l) => l.includes('"msg":"listening"'))
+        .map((l) => l.slice(0, l.indexOf('|')).trim());
+      expect(listening).toEqual(['delivery', 'quarantine', 'filter', 'greylist', 'screen']);
+      process.kill(launcher.child.pid!, 'SIGTERM');
+      expect(await launcher.exited).toBe(0);
+    } catch (err) {
+      throw new Error(
+        `${(err as Error).message}; the launcher printed:\n${launcher.lines.slice(-40).join('\n')}`,
+      );
+    } finally {
+      cleanUp(launcher, dataDir);
+    }
+  }, 90_000);
+
   it('stops front to back: a transaction in flight at SIGTERM is delivered, idle sessions get 421', async () => {
     const { file, dataDir, screen } = await configFile();
     let launcher: Launcher | undefined;

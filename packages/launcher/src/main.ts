@@ -1,7 +1,8 @@
 /**
  * moat (npm start): the whole chain on one machine. Validates the configuration once (a mistake stops
  * here with every bad key named), then runs the five services under the supervisor until Ctrl-C,
- * SIGTERM or SIGHUP (the terminal closed). Services start from the back of the chain, so each next hop is up before its client.
+ * SIGTERM or SIGHUP (the terminal closed). Services start from the back of the chain, each once the one
+ * before it listens, so each next hop is up before its client.
  *
  * Managed daemons: filter.clamd / filter.spamd default to `managed`, so `npm start` on a fresh machine
  * scans for real: the launcher starts clamd and spamd itself (@moat/daemons, state under
@@ -194,5 +195,5 @@ if (!stopping) {
       });
     },
   });
-  supervisor.start();
+  void supervisor.start();
 }

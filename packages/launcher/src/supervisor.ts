@@ -8,11 +8,18 @@
  * sessions are greylist's sessions carried byte for byte) is not waited for: it stops accepting at
  * its SIGTERM, and its open splices end when the next service finishes or 421s them. kill() is the
  * second Ctrl-C: SIGKILL to all at once.
+ *
+ * They start the other way round, from the back of the chain, one at a time: each after the one
+ * before it has reported ready (READY_MESSAGE over the IPC channel: it listens), so screen never
+ * accepts a client while greylist is not yet up to take it (421). A service that does not report
+ * within readyTimeoutMs is logged and the next one started anyway; one that exits on a configuration
+ * error ends the wait at once, one that crashes is restarted as usual and the wait goes on for its
+ * restart. Later restarts of a crashed service wait for nothing.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import path from 'node:path';
 import readline from 'node:readline';
-import { serviceEnv } from '@moat/runtime';
+import { READY_MESSAGE, serviceEnv } from '@moat/runtime';
 
 /** EX_CONFIG: the service refused its configuration; restarting it would only fail again. */
 export const CONFIG_ERROR_EXIT = 78;
@@ -49,12 +56,16 @@ export interface SupervisorOptions {
   backoffMs?: number;
   /** Called once every service has exited on a configuration error: nothing is left to run. */
   onAllFailed?: () => void;
+  /** How long start() waits for one service to report ready before it starts the next. Default 30 s. */
+  readyTimeoutMs?: number;
 }
 
 export class Supervisor {
   readonly services: SupervisedService[];
   #stopping = false;
   readonly #out: (line: string) => void;
+  /** The service start() waits for, and what ends that wait. */
+  #waiting: { service: SupervisedService; done: () => void } | undefined;
 
   constructor(readonly o: SupervisorOptions) {
     this.services = o.services.map((name) => ({
@@ -67,12 +78,37 @@ export class Supervisor {
     this.#out = o.out ?? ((line) => process.stdout.write(line + '\n'));
   }
 
-  start(): void {
+  /** Starts the services from the back of the chain, each once the one before reported ready. */
+  async start(): Promise<void> {
     // children live in their own process groups: if the launcher dies unexpectedly, do not leave them behind
     process.once('exit', () => {
       for (const s of this.services) s.child?.kill('SIGTERM');
     });
-    for (const s of this.services) this.#spawn(s, this.o.backoffMs ?? 1000);
+    for (const s of this.services) {
+      if (this.#stopping) return;
+      this.#spawn(s, this.o.backoffMs ?? 1000);
+      await this.#ready(s);
+    }
+  }
+
+  /** Resolves when s reports ready, exits on a configuration error, the stop begins, or the wait runs out. */
+  #ready(s: SupervisedService): Promise<void> {
+    const limit = this.o.readyTimeoutMs ?? 30_000;
+    return new Promise((resolve) => {
+      const waiting = {
+        service: s,
+        done: () => {
+          clearTimeout(timer);
+          if (this.#waiting === waiting) this.#waiting = undefined;
+          resolve();
+        },
+      };
+      const timer = setTimeout(() => {
+        this.#out(`${s.name.padEnd(10)}| not ready after ${limit / 1000}s; starting the next service anyway`);
+        waiting.done();
+      }, limit);
+      this.#waiting = waiting;
+    });
   }
 
   #spawn(s: SupervisedService, backoffMs: number): void {
@@ -91,12 +127,16 @@ export class Supervisor {
     const started = Date.now();
     readline.createInterface({ input: child.stdout! }).on('line', (l) => this.#out(`${pad}| ${l}`));
     readline.createInterface({ input: child.stderr! }).on('line', (l) => this.#out(`${pad}| ${l}`));
+    child.on('message', (m) => {
+      if (m === READY_MESSAGE && this.#waiting?.service === s) this.#waiting.done();
+    });
     child.on('exit', (code, signal) => {
       s.child = undefined;
       if (this.#stopping) return;
       if (code === CONFIG_ERROR_EXIT) {
         s.configError = true;
         this.#out(`${pad}| configuration error: not restarting; fix moat.yaml and start again`);
+        if (this.#waiting?.service === s) this.#waiting.done();
         if (this.services.every((x) => x.configError)) this.o.onAllFailed?.();
         return;
       }
@@ -113,6 +153,7 @@ export class Supervisor {
   /** Stops the services one at a time from the front door back: screen first, delivery last. */
   async stop(): Promise<void> {
     this.#stopping = true;
+    this.#waiting?.done(); // the services not started yet stay so
     for (const s of this.services) clearTimeout(s.timer);
     const grace = this.o.graceMs ?? 40_000;
     // front door first, so no new mail comes in while the rest finishes; each next hop stays up
@@ -134,6 +175,7 @@ export class Supervisor {
   /** A forced stop (the second Ctrl-C): SIGKILL to every service still running, at once. */
   kill(): void {
     this.#stopping = true;
+    this.#waiting?.done();
     for (const s of this.services) {
       clearTimeout(s.timer);
       s.child?.kill('SIGKILL');

@@ -1,6 +1,7 @@
 /**
  * @moat/runtime: how every Moat service's Node process is started, besides its command
- * (`node apps/<name>/dist/main.js`): the V8 options in NODE_OPTIONS. The Dockerfile sets the hops'
+ * (`node apps/<name>/dist/main.js`): the V8 options in NODE_OPTIONS, and the message a service sends
+ * the launcher once it listens (READY_MESSAGE). The Dockerfile sets the hops'
  * value and compose gives screen its own (both checked by packages/e2e/src/compose/compose.test.ts);
  * the launcher and the test chain pass them to their children with serviceEnv().
  *
@@ -17,6 +18,13 @@
  */
 export const SERVICE_NODE_OPTIONS = '--max-semi-space-size=32';
 export const SCREEN_NODE_OPTIONS = '--max-semi-space-size=16';
+
+/**
+ * What a service started by the launcher sends it over their IPC channel once it has started (its
+ * listeners bound): the launcher starts the next service of the chain only then, so no client finds
+ * its next hop not yet listening.
+ */
+export const READY_MESSAGE = 'moat:ready';
 
 /** The V8 options of one service's process. */
 export function serviceNodeOptions(service: string): string {

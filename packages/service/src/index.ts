@@ -6,12 +6,14 @@
  * --print-config prints the effective configuration (secrets masked) and exits 0. An invalid
  * configuration prints every bad key and exits 78 (EX_CONFIG) before anything listens. SIGTERM/SIGINT
  * stop the service gracefully (listeners closed, open sessions given their grace period) and exit 0;
- * a second signal exits at once. Under the launcher (an IPC channel to it), the channel closing
+ * a second signal exits at once. Under the launcher (an IPC channel to it), the service sends
+ * READY_MESSAGE over the channel once it has started (its listeners bound), and the channel closing
  * (the launcher killed) stops the service the same way. An uncaught error is logged and exits 70 so the launcher or the
  * container runtime restarts a clean process.
  */
 import { ConfigError, loadConfig, type MoatConfig, printConfig } from '@moat/config';
 import { createLogger, flushLogger, type Logger } from '@moat/log';
+import { READY_MESSAGE } from '@moat/runtime';
 
 export interface RunningService {
   stop(): Promise<void>;
@@ -76,8 +78,12 @@ export function runService(name: string, start: StartFn, argv = process.argv.sli
       // closing means the launcher is gone (killed with -9, crashed), and a service left behind would
       // go on taking mail with nobody to stop it. Alone or in a container there is no channel.
       if (supervised) {
-        if (process.connected) process.once('disconnect', () => stop('launcher gone'));
-        else stop('launcher gone');
+        if (process.connected) {
+          process.once('disconnect', () => stop('launcher gone'));
+          // the launcher starts the next service of the chain now; a channel that closes meanwhile
+          // is the disconnect above (the callback keeps its error from being thrown)
+          process.send?.(READY_MESSAGE, undefined, undefined, () => {});
+        } else stop('launcher gone');
       }
     },
     (err: unknown) => {
