@@ -174,10 +174,12 @@ function prepareAll(db: Database.Database) {
     setDnswl: db.prepare<[number, number, number, string]>(
       'UPDATE client SET dnswl_score = ?, dnswl_at = ?, dnswl_expires_at = ? WHERE ip = ?',
     ),
-    dropPassesBefore: db.prepare<[number]>(
-      'DELETE FROM client_pass WHERE ip IN (SELECT ip FROM client WHERE latest < ?)',
+    dropPassesBefore: db.prepare<[number, number]>(
+      'DELETE FROM client_pass WHERE ip IN (SELECT ip FROM client WHERE latest < ? ORDER BY latest, ip LIMIT ?)',
     ),
-    dropClientsBefore: db.prepare<[number]>('DELETE FROM client WHERE latest < ?'),
+    dropClientsBefore: db.prepare<[number, number]>(
+      'DELETE FROM client WHERE ip IN (SELECT ip FROM client WHERE latest < ? ORDER BY latest, ip LIMIT ?)',
+    ),
     countClients: db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM client'),
     triplet: db.prepare<[string], TripletRow>('SELECT * FROM triplet WHERE key = ?'),
     // greylistLookup's three reads (the client's screen record, its AWL entry, the triplet) in one
@@ -438,14 +440,25 @@ export class SqliteStore implements ReputationStore {
     });
   }
 
-  cleanup(now = Date.now()): Promise<CleanupResult> {
+  /**
+   * Drops clients expired for longer than the retention, MAINTENANCE_BATCH at a time (each batch its own
+   * short transaction, the event loop free in between), as maintenance does: one DELETE over a busy
+   * MX's table held the write lock for a second, and greylist answered 451 meanwhile.
+   */
+  async cleanup(now = Date.now()): Promise<CleanupResult> {
     const cutoff = now - this.#retentionMs;
-    return this.#write('cleanup', () => {
-      this.#q.dropPassesBefore.run(cutoff);
-      const dropped = this.#q.dropClientsBefore.run(cutoff).changes;
-      const retained = this.#q.countClients.get()?.n ?? 0;
-      return { retained, dropped, skipped: false };
-    });
+    let dropped = 0;
+    for (;;) {
+      const n = await this.#write('cleanup', () => {
+        this.#q.dropPassesBefore.run(cutoff, MAINTENANCE_BATCH);
+        return this.#q.dropClientsBefore.run(cutoff, MAINTENANCE_BATCH).changes;
+      });
+      dropped += n;
+      if (n < MAINTENANCE_BATCH) break;
+      await yieldToEventLoop();
+    }
+    const retained = await this.#write('cleanup', () => this.#q.countClients.get()?.n ?? 0);
+    return { retained, dropped, skipped: false };
   }
 
   greylistCheck(key: string, params: GreylistParams): Promise<GreylistResult> {

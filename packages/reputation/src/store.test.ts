@@ -104,6 +104,19 @@ describe.each(backends)('$name store', (backend) => {
       expect(await store.getClient('192.0.2.2')).toBeUndefined();
     });
 
+    it('cleans up more clients than one batch holds, all of them and their passes', async () => {
+      const store = await backend.fresh().open({ retentionMs: DAY_MS });
+      const ips = Array.from({ length: 1203 }, (_, i) => `10.${(i >> 8) & 255}.${i & 255}.1`);
+      for (const ip of ips) await store.recordPass(ip, 'pregreet', HOUR_MS, T0);
+      await store.recordPass('192.0.2.9', 'pregreet', 30 * DAY_MS, T0);
+      expect(await store.cleanup(T0 + 2 * DAY_MS)).toEqual({ retained: 1, dropped: 1203, skipped: false });
+      expect(await store.getClient(ips[0]!)).toBeUndefined();
+      expect(await store.getClient(ips.at(-1)!)).toBeUndefined();
+      // a client that comes back is new: no pass of its old life is left behind
+      await store.recordFail(ips[700]!, 'dnsbl', T0 + 3 * DAY_MS);
+      expect((await store.getClient(ips[700]!))?.passes ?? {}).toEqual({});
+    });
+
     it('a renewed pass moves the retention deadline', async () => {
       const store = await backend.fresh().open({ retentionMs: DAY_MS });
       await store.recordPass('192.0.2.1', 'pregreet', HOUR_MS, T0);

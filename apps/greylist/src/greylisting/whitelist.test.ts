@@ -13,6 +13,7 @@ describe('client whitelist (postgrey_whitelist_clients syntax)', () => {
     '192.0.2.1',
     '198.51.100',
     '10.1',
+    '172',
     '203.0.113.0/28',
     '2001:db8::/32',
   ]);
@@ -29,6 +30,8 @@ describe('client whitelist (postgrey_whitelist_clients syntax)', () => {
     expect(w.matchAddress('192.0.2.2')).toBeUndefined();
     expect(w.matchAddress('198.51.100.9')).toBe('198.51.100');
     expect(w.matchAddress('10.1.200.3')).toBe('10.1');
+    expect(w.matchAddress('172.31.0.5')).toBe('172'); // one octet, as Postgrey reads it
+    expect(w.matchAddress('173.0.0.1')).toBeUndefined();
     expect(w.matchAddress('203.0.113.15')).toBe('203.0.113.0/28');
     expect(w.matchAddress('203.0.113.16')).toBeUndefined();
     expect(w.matchAddress('2001:db8:5::1')).toBe('2001:db8::/32');

@@ -53,6 +53,8 @@ export function compileClientWhitelist(entries: readonly string[]): ClientWhitel
     if (/^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?:\/\d{1,2})?$/.test(e)) cidr = e;
     else if (/^\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(e)) cidr = `${e}.0/24`;
     else if (/^\d{1,3}\.\d{1,3}$/.test(e)) cidr = `${e}.0.0/16`;
+    else if (/^\d{1,3}$/.test(e))
+      cidr = `${e}.0.0.0/8`; // Postgrey: one octet is a prefix too
     else if (/^[0-9a-f:]*:[0-9a-f:.]*(?:\/\d{1,3})?$/i.test(e)) cidr = e;
     if (cidr !== undefined) {
       try {
