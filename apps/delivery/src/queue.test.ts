@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -71,6 +72,70 @@ describe('the delivery queue', () => {
     );
     // the recipient in another domain waits in deferred/
     expect(fs.readdirSync(path.join(dir, 'queue', 'deferred'))).toEqual(['BBB']);
+  });
+});
+
+describe('recovery after a crash', () => {
+  it('gives no second copy to recipients noted done, and clears what a killed process left half-written', async () => {
+    const dir = tmpDir('moat-queue-');
+    const active = path.join(dir, 'queue', 'active');
+    const deferred = path.join(dir, 'queue', 'deferred');
+    fs.mkdirSync(active, { recursive: true });
+    fs.mkdirSync(deferred, { recursive: true });
+    // a delivery killed after p and q had their copies, before r's
+    await writeEnvelopeFile(active, head('CCC', ['p@example.test', 'q@example.test', 'r@example.test']), [
+      Buffer.from('Subject: three\r\n\r\nz\r\n'),
+    ]);
+    fs.writeFileSync(path.join(active, '.CCC.done'), 'p@example.test\nq@example.test\n');
+    fs.writeFileSync(path.join(active, '.GONE.done'), 'x@example.test\n'); // its message is gone
+    // a deferred file half-written by a process that no longer runs
+    fs.writeFileSync(path.join(deferred, `.DDD.${spawnSync('true').pid}.1.tmp`), 'partial');
+    const q = queue(dir);
+    await q.init();
+    await waitFor(() => filesUnder(active).length === 0 || undefined, 3000, 'the active queue to empty');
+    await q.drain();
+    expect(maildirMessages(path.join(dir, 'mail'), 'p@example.test')).toHaveLength(0);
+    expect(maildirMessages(path.join(dir, 'mail'), 'q@example.test')).toHaveLength(0);
+    expect(maildirMessages(path.join(dir, 'mail'), 'r@example.test')).toHaveLength(1);
+    expect(fs.readdirSync(deferred)).toEqual([]);
+  });
+
+  it('notes each copy as it is made, and removes the note with the queue file', async () => {
+    const dir = tmpDir('moat-queue-');
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    // s's copy waits at the gate: the message is in active/ with t's copy made
+    const q = new Queue({
+      dir: path.join(dir, 'queue'),
+      maildir: path.join(dir, 'mail'),
+      domains: ['example.test'],
+      hostname: 'mx.example.test',
+      runDelayMs: 60_000,
+      logger: silentLogger(),
+      write: async (d, name, parts, opts) => {
+        if (d.includes(`${path.sep}s${path.sep}`)) await gate;
+        return writer.write(d, name, parts, opts);
+      },
+    });
+    await q.init();
+    const h = head('EEE', ['t@example.test', 's@example.test']);
+    q.settle(h, await q.accept(h, body()));
+    const note = path.join(q.active, '.EEE.done');
+    await waitFor(
+      () => (fs.existsSync(note) && fs.readFileSync(note, 'utf8')) || undefined,
+      3000,
+      'the note',
+    );
+    expect(fs.readFileSync(note, 'utf8')).toBe('t@example.test\n');
+    open();
+    await waitFor(
+      () => fs.readdirSync(q.active).length === 0 || undefined,
+      3000,
+      'the active queue to empty',
+    );
+    await q.drain();
+    for (const to of ['t@example.test', 's@example.test'])
+      expect(maildirMessages(path.join(dir, 'mail'), to)).toHaveLength(1);
   });
 });
 

@@ -15,7 +15,9 @@
  *                  in other domains (relaying comes with the delivery issue).
  *
  * A message leaves active/ only after every local copy is durable in its Maildir. At start-up whatever
- * is left in active/ (a crash between the 250 and the Maildir) is delivered again: at least once.
+ * is left in active/ (a crash between the 250 and the Maildir) is delivered again: at least once. Each
+ * recipient's copy is noted in active/.<id>.done once durable, and a recovery skips those: a crash
+ * mid-way does not give every recipient a second copy (a system crash may lose the unsynced note).
  * Durable writes go through `write` (delivery passes its DurableWriter's; default writeDurable).
  */
 import fsp from 'node:fs/promises';
@@ -26,6 +28,7 @@ import {
   messageStream,
   readEnvelopeHead,
   removeLazily,
+  removeOrphans,
   writeDurable,
   writeEnvelopeFile,
   type DurableWrite,
@@ -36,6 +39,9 @@ import { deliverToMaildir, linkIntoMaildir } from './maildir.js';
 
 const MAILDIR_FORM = '.md';
 const RELAY_OFF = 'relaying to other domains is not enabled';
+
+/** active/.<id>.done: the recipients of active/<id> that have their copy, one a line. */
+const doneName = (id: string) => `.${id}.done`;
 
 export interface QueueHead extends EnvelopeFileHead {
   from: string;
@@ -97,10 +103,15 @@ export class Queue {
   async init(): Promise<void> {
     await fsp.mkdir(this.active, { recursive: true });
     await fsp.mkdir(this.deferred, { recursive: true });
-    const leftovers = (await fsp.readdir(this.active)).filter((n) => !n.startsWith('.'));
-    for (const name of await fsp.readdir(this.active)) {
-      if (name.startsWith('.')) await fsp.rm(path.join(this.active, name), { force: true }); // half-written temp files
+    const names = await fsp.readdir(this.active);
+    const leftovers = names.filter((n) => !n.startsWith('.'));
+    const kept = new Set(leftovers.map(doneName));
+    for (const name of names) {
+      // half-written temp files, and the done lists of messages that are gone
+      if (name.startsWith('.') && !kept.has(name))
+        await fsp.rm(path.join(this.active, name), { force: true });
     }
+    await removeOrphans(this.deferred);
     if (leftovers.length)
       this.o.logger.info({ count: leftovers.length }, 'recovering messages left in the active queue');
     for (const id of leftovers) this.schedule(id);
@@ -216,11 +227,21 @@ export class Queue {
       message = () => messageStream(file, read.bodyOffset);
     }
     const remote = head.rcpt.filter((r) => !this.isLocal(r));
+    // recipients an earlier delivery of this file (before a crash) already gave their copy to
+    const doneFile = path.join(this.active, doneName(id));
+    const done = new Set(
+      queued ? [] : (await fsp.readFile(doneFile, 'utf8').catch(() => '')).split('\n').filter(Boolean),
+    );
+    if (done.size)
+      this.o.logger.info({ id, done: [...done] }, 'recovering: these recipients already have their copy');
     const failed = await this.#deliverLocal(
       id,
       head,
-      head.rcpt.filter((r) => this.isLocal(r)),
+      head.rcpt.filter((r) => this.isLocal(r) && !done.has(r)),
       () => (Buffer.isBuffer(message) ? message : message()),
+      // each copy noted once durable, so a crash before the queue file goes does not copy it again;
+      // not fsynced: it holds across a process crash, and after a system crash a duplicate is the cost
+      (rcpt) => fsp.appendFile(doneFile, `${rcpt}\n`).catch(() => undefined),
     );
     if (remote.length || failed.length) {
       const deferredHead: QueueHead = {
@@ -240,6 +261,7 @@ export class Queue {
     }
     // every copy is durable in its Maildir (or in deferred/): the queue file may go without an fsync
     await removeLazily(file);
+    await fsp.rm(doneFile, { force: true });
   }
 
   /**
@@ -252,6 +274,7 @@ export class Queue {
     head: QueueHead,
     rcpts: readonly string[],
     message: () => Buffer | Readable,
+    delivered?: (rcpt: string) => Promise<unknown>,
   ): Promise<string[]> {
     const failed: string[] = [];
     for (const rcpt of rcpts) {
@@ -259,6 +282,7 @@ export class Queue {
       try {
         const done = await this.#toMaildir(recipient, head.from, [message()]);
         this.#logDelivered(id, recipient, head.arrived, done.file);
+        await delivered?.(rcpt);
       } catch (err) {
         failed.push(rcpt);
         this.o.logger.warn(

@@ -19,7 +19,7 @@ import type { Logger } from '@moat/log';
 import type { RunningService } from '@moat/service';
 import { createListener, hopReceived, type Reply, type Transaction } from '@moat/smtp-listener';
 import { RelayError, poolFor, RelayTransaction, type RelayPool } from '@moat/smtp-relay';
-import { MessageSpool } from '@moat/spool';
+import { MessageSpool, removeOrphans, SPOOL_NAME } from '@moat/spool';
 import { SpamdClient } from 'spamassassin-client';
 import { badHeaderCheck } from './checks/badHeaders.js';
 import { bannedCheck, parseBannedRules } from './checks/banned.js';
@@ -90,6 +90,10 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
     }
   }
   const spoolDir = path.join(config.dataDir, 'filter');
+  // spill files of a filter that was killed mid-message (its client got no 250): message content, and
+  // disk nobody else would free
+  const orphans = await removeOrphans(spoolDir, SPOOL_NAME);
+  if (orphans) logger.info({ dir: spoolDir, files: orphans }, 'removed spool files left by a stopped filter');
   const delivery = poolFor('delivery', c.next, c, config.hostname, logger);
   const quarantine = poolFor('quarantine', c.quarantine, c, config.hostname, logger);
   const clamd = new ClamdClient(parseClamd(c.clamd));

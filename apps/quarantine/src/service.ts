@@ -6,7 +6,7 @@ import { internalSizeLimit, type MoatConfig } from '@moat/config';
 import type { Logger } from '@moat/log';
 import type { RunningService } from '@moat/service';
 import { createListener, hopReceived, reply, type Reply } from '@moat/smtp-listener';
-import { writeEnvelopeFile } from '@moat/spool';
+import { removeOrphans, writeEnvelopeFile } from '@moat/spool';
 import fsp from 'node:fs/promises';
 
 export const quarantineReplies = {
@@ -17,6 +17,10 @@ export const quarantineReplies = {
 export async function startQuarantine(config: Readonly<MoatConfig>, logger: Logger): Promise<RunningService> {
   const c = config.quarantine;
   await fsp.mkdir(c.storeDir, { recursive: true });
+  // half-written files of a quarantine killed mid-store: never answered 250, so nothing is lost
+  const orphans = await removeOrphans(c.storeDir);
+  if (orphans)
+    logger.info({ dir: c.storeDir, files: orphans }, 'removed temporary files left by a stopped quarantine');
   const listener = await createListener({
     service: 'quarantine',
     hostname: config.hostname,

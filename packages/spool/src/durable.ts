@@ -67,6 +67,42 @@ export function tmpName(dir: string, name: string): string {
   return path.join(dir, `.${name}.${process.pid}.${++tmpCounter}.tmp`);
 }
 
+/** tmpName's names; the first group is the pid of the process that wrote it. */
+export const TMP_NAME = /^\..*\.(\d+)\.\d+\.tmp$/;
+
+/**
+ * Removes the temporary files in `dir` that a process which is gone left behind (killed in the
+ * middle of a write: what it wrote was never answered 250, so nothing is lost). `pattern` matches the
+ * names and gives the writer's pid as its first group; files of this process's own pid are left over
+ * from an earlier process that had it (a container restarts with the same pid). Returns how many went.
+ * Call it at start-up only: files of another live process on the same folder are kept.
+ */
+export async function removeOrphans(dir: string, pattern: RegExp = TMP_NAME): Promise<number> {
+  let names: string[];
+  try {
+    names = await fsp.readdir(dir);
+  } catch {
+    return 0; // no folder yet: nothing left over
+  }
+  let removed = 0;
+  for (const name of names) {
+    const pid = Number(pattern.exec(name)?.[1]);
+    if (!Number.isInteger(pid) || pid <= 0 || (pid !== process.pid && alive(pid))) continue;
+    await fsp.rm(path.join(dir, name), { force: true });
+    removed++;
+  }
+  return removed;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 export interface DurableWriteResult {
   path: string;
   bytes: number;

@@ -6,8 +6,10 @@
 export {
   removeDurable,
   removeLazily,
+  removeOrphans,
   renameDurable,
   syncDir,
+  TMP_NAME,
   tmpName,
   writeDurable,
   type DurableWrite,
@@ -17,7 +19,7 @@ export {
   type Part,
 } from './durable.js';
 export { DurableWriter, type DurableWriterOptions } from './durable-writer.js';
-export { MessageSpool } from './message-spool.js';
+export { MessageSpool, SPOOL_NAME } from './message-spool.js';
 export {
   encodeHead,
   messageStream,

@@ -10,6 +10,9 @@ import { Readable } from 'node:stream';
 
 let counter = 0;
 
+/** The spill files' names (`spool-<pid>-<ms>-<n>`), for removeOrphans at start-up. */
+export const SPOOL_NAME = /^spool-(\d+)-/;
+
 export class MessageSpool {
   #chunks: Buffer[] = [];
   #size = 0;

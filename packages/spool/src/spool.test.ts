@@ -1,11 +1,12 @@
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { writeDurable } from './durable.js';
+import { removeOrphans, tmpName, writeDurable } from './durable.js';
 import { readEnvelopeHead, writeEnvelopeFile } from './envelope-file.js';
-import { MessageSpool } from './message-spool.js';
+import { MessageSpool, SPOOL_NAME } from './message-spool.js';
 
 const dir = () => fs.mkdtempSync(path.join(os.tmpdir(), 'moat-spool-'));
 
@@ -84,5 +85,27 @@ describe('MessageSpool', () => {
     let read = '';
     for await (const c of spool.stream({ start: 14 })) read += (c as Buffer).toString();
     expect(read).toBe('body in pieces\r\n');
+  });
+});
+
+describe('removeOrphans (at start-up)', () => {
+  it("removes the temporary files of processes that are gone, and of this pid's earlier holder; keeps the rest", async () => {
+    const d = dir();
+    const dead = spawnSync('true').pid; // a process that has exited
+    const names = [
+      `spool-${dead}-1-1`,
+      `spool-${process.pid}-1-2`, // a container restarts with the same pid: an earlier life's file
+      'spool-1-1-3', // pid 1 runs: a live process's file is never touched
+      'message-kept',
+    ];
+    for (const n of names) fs.writeFileSync(path.join(d, n), 'x');
+    expect(await removeOrphans(d, SPOOL_NAME)).toBe(2);
+    expect(fs.readdirSync(d).sort()).toEqual(['message-kept', 'spool-1-1-3']);
+    // writeDurable's temporary names, the default pattern
+    const tmp = path.basename(tmpName(d, 'ID1')).replace(`.${process.pid}.`, `.${dead}.`);
+    fs.writeFileSync(path.join(d, tmp), 'half');
+    expect(await removeOrphans(d)).toBe(1);
+    expect(fs.readdirSync(d).sort()).toEqual(['message-kept', 'spool-1-1-3']);
+    expect(await removeOrphans(path.join(d, 'none'))).toBe(0);
   });
 });
