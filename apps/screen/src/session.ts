@@ -163,11 +163,13 @@ export async function handleClient(ctx: ScreenContext, client: net.Socket): Prom
         teaser: ctx.teaser,
         waitMs: ctx.greetWaitMs,
         pregreet: pregreetTodo,
-        dropOnPregreet: ctx.greetAction === 'drop',
+        // only a pregreet test that is due may end the wait early: with it passed already, early bytes
+        // are kept for greylist, and the wait still ends only when the DNSBL answers are in
+        dropOnPregreet: pregreetTodo && ctx.greetAction === 'drop',
         ...(dnsblTodo ? { dnsbl: ctx.dnsbl } : {}),
         ip,
       });
-      if (early.pregreet) {
+      if (early.pregreet && pregreetTodo) {
         const p = early.pregreet;
         log.info(
           { ...fields, count: early.firstCount, after: early.firstAfterMs / 1000, action: ctx.greetAction },
@@ -186,7 +188,8 @@ export async function handleClient(ctx: ScreenContext, client: net.Socket): Prom
           if (ctx.greetAction === 'drop') return drop(replies.pregreet.drop);
           if (ctx.greetAction === 'enforce')
             failures.push({ test: 'pregreet', reply: replies.pregreet.enforce });
-        } else {
+        } else if (!early.dnswl) {
+          // (a client DNSWL trust let through early sat through no wait: its pass gets the DNS TTL below)
           passed.push({ test: 'pregreet', ttlMs: ctx.greetTtlMs });
         }
       }
@@ -203,7 +206,10 @@ export async function handleClient(ctx: ScreenContext, client: net.Socket): Prom
           complete: false,
         };
         const verdict = ctx.dnsbl!.judge(r);
-        const ttlMs = r.complete && r.errors.length === 0 ? r.ttlMs : ctx.dnsblMinTtlMs;
+        // every answer in, none an error and no zone out of use: the answers' TTL; otherwise the pass is
+        // short, so the client is looked up again soon (a broken zone may be back in use by then)
+        const ttlMs =
+          r.complete && r.errors.length === 0 && r.broken.length === 0 ? r.ttlMs : ctx.dnsblMinTtlMs;
         if (verdict === 'block') {
           log.info(
             { ...fields, score: r.score, listedBy: r.listedBy, action: ctx.dnsblAction },

@@ -11,6 +11,7 @@ import path from 'node:path';
 import YAML from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRbldnsd, writeZone, type RbldnsdHandle } from '@moat/daemons';
+import { SqliteStore } from '@moat/reputation';
 import { Chain, SmtpClient, swaks, tmpDir, waitFor, type LogLine } from '@moat/testkit';
 
 const SITES = [
@@ -52,6 +53,16 @@ function screenLog(re: RegExp, timeoutMs = 5000): Promise<LogLine> {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** What screen's pass cache (the chain's SQLite store) holds for a client. */
+async function cachedClient(ip: string) {
+  const store = await SqliteStore.open({ dataDir: chain.dataDir });
+  try {
+    return await store.getClient(ip);
+  } finally {
+    await store.close();
+  }
+}
 
 function connect(ip: string): Promise<SmtpClient> {
   return SmtpClient.connect(chain.ports.screen, { localAddress: ip });
@@ -201,6 +212,13 @@ describe('screen with dnsblAction enforce (greetAction ignore)', () => {
     );
     expect(status.zones.find((z) => z.name === 'broken.test')?.state).toBe('broken');
     expect(JSON.stringify(status)).not.toContain('k3y');
+    // a pass given while a zone is out of use is short (dnsblMinTtl, 60s), not the answers' TTL: the
+    // client is looked up again soon, when the zone may be back
+    const ttl = async (ip: string, test: string) => {
+      const p = (await cachedClient(ip))?.passes[test];
+      return p ? Math.round((p.expiresAt - p.passedAt) / 1000) : undefined;
+    };
+    expect(await ttl('127.0.8.12', 'dnsbl')).toBe(60);
   });
 
   it('a DNSWL-trusted client ends the wait early and passes every test', async () => {
@@ -212,6 +230,12 @@ describe('screen with dnsblAction enforce (greetAction ignore)', () => {
     expect(Date.now() - started).toBeLessThan(800);
     await c.quit();
     await screenLog(/^PASS NEW \[127\.0\.9\.9\]:\d+$/);
+    // it sat through no wait: its pregreet pass lasts as long as the DNSWL answer, not greetTtl (1d)
+    const passes = (await cachedClient('127.0.9.9'))!.passes;
+    expect(passes.pregreet!.expiresAt - passes.pregreet!.passedAt).toBe(
+      passes.dnsbl!.expiresAt - passes.dnsbl!.passedAt,
+    );
+    expect(passes.pregreet!.expiresAt - passes.pregreet!.passedAt).toBeLessThan(24 * 3600_000);
   });
 
   it('a pregreeter (greetAction ignore) is logged and spliced with its bytes; no pass is cached', async () => {
@@ -341,5 +365,24 @@ describe('screen with greetAction drop and the access list', () => {
     const c2 = await connect('127.0.13.2');
     expect((await c2.read(3000)).lines).toEqual(['521 5.3.2 Service currently unavailable']);
     await screenLog(/^DENYLISTED \[127\.0\.13\.2\]:\d+$/);
+  });
+});
+
+describe('screen with greetAction drop and dnsblAction drop', () => {
+  beforeAll(async () => {
+    await restartScreen({ greetAction: 'drop', dnsblAction: 'drop' });
+  });
+
+  it('a listed client whose pregreet pass is cached cannot talk its way past the DNSBL answer', async () => {
+    // it passed pregreet yesterday (cached a day), and was listed since: only DNSBL is due. Its first
+    // bytes must not end the wait before the answer is in (they did: no answer yet read as clean)
+    const store = await SqliteStore.open({ dataDir: chain.dataDir });
+    await store.recordPass('127.0.5.77', 'pregreet', 24 * 3600_000).finally(() => store.close());
+    const c = await connect('127.0.5.77');
+    c.write('EHLO early.remote.test\r\n');
+    expect((await c.read(3000)).lines).toEqual([
+      '521 5.7.1 Service unavailable; client [127.0.5.77] blocked using zen.test',
+    ]);
+    expect(chain.service('screen').find((l) => /^PREGREET .*127\.0\.5\.77/.test(l.msg))).toBeUndefined();
   });
 });

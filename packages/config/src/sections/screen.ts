@@ -76,8 +76,11 @@ export const screen = z
     // --- greet wait and pregreet (postscreen_greet_*) ---
     /** The `220-` teaser sent before the wait; undefined = `<hostname> ESMTP`, '' = no teaser. */
     greetBanner: z.string().optional(),
-    /** How long the tests before the greeting may take; bytes sent within it fail pregreet. */
-    greetWait: timer('6s'),
+    /**
+     * How long the tests before the greeting may take; bytes sent within it fail pregreet. At least 1s:
+     * the DNSBL answers are waited for within it too (0 turned DNSBL off).
+     */
+    greetWait: timer('6s', 1000),
     /** What a pregreeting client gets (postscreen_greet_action). */
     greetAction: action('ignore'),
     /** How long a pregreet pass is remembered (postscreen_greet_ttl). */
