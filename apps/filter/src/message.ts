@@ -68,13 +68,19 @@ function fields(head: Buffer): Field[] {
   return out;
 }
 
+/** The header fields the filter writes (lower case): removed when they come from outside. */
+const OURS = /^(x-spam-|x-moat-|x-quarantine-id$)/;
+
 /**
- * The header section of the forwarded copy: X-Spam-* fields from outside removed, and `subjectTag`
+ * The header section of the forwarded copy: X-Spam-*, X-Moat-* and X-Quarantine-ID fields from
+ * outside removed, and `subjectTag`
  * (when given) prepended to the Subject (a Subject is added when there is none). Bytes are kept as
  * they came (latin1 round trip), 8-bit ones included.
  */
 export function rewriteHead(head: Buffer, o: { subjectTag?: string | undefined }): Buffer {
-  const kept = fields(head).filter((f) => !f.name.startsWith('x-spam-'));
+  // ours, from outside: X-Spam-* (as amavis), and the fields only the filter writes, so a sender
+  // cannot forge a verdict or alert (X-Moat-*) or a quarantine id the mailbox owner would trust
+  const kept = fields(head).filter((f) => !OURS.test(f.name));
   if (o.subjectTag) {
     const tag = Buffer.from(o.subjectTag, 'utf8').toString('latin1');
     const subject = kept.find((f) => f.name === 'subject');

@@ -41,4 +41,15 @@ describe('policy per recipient', () => {
     expect(policy.for('x@postmaster.example.test').bypass).toBe(true);
     expect(policy.for('x@elsewhere.test').local).toBe(false);
   });
+
+  it('finds a bank written in capitals, and bypasses user+ext as user', () => {
+    const c = filter({
+      policyBanks: { 'Lists.Example.TEST': { killLevel: 50 } },
+      bypass: ['lover@example.test'],
+    });
+    const policy = new Policy(c, ['example.test', 'lists.example.test']);
+    expect(policy.for('x@lists.example.test').levels.kill).toBe(50);
+    expect(policy.for('Lover+news@example.test').bypass).toBe(true);
+    expect(policy.for('lover2@example.test').bypass).toBe(false);
+  });
 });

@@ -47,18 +47,21 @@ type FilterConfig = MoatConfig['filter'];
 
 export class Policy {
   readonly #domains: Set<string>;
+  /** The policy banks by their domain in lower case (a bank written `Lists.Example.test` applies too). */
+  readonly #banks: Map<string, FilterConfig['policyBanks'][string]>;
   constructor(
     readonly c: FilterConfig,
     domains: readonly string[],
   ) {
     this.#domains = new Set(domains.map((d) => d.toLowerCase()));
+    this.#banks = new Map(Object.entries(c.policyBanks).map(([d, b]) => [d.toLowerCase(), b]));
   }
 
   for(address: string): RecipientPolicy {
     const addr = address.toLowerCase();
     const domain = addr.slice(addr.lastIndexOf('@') + 1);
     const c = this.c;
-    const bank = c.policyBanks[domain];
+    const bank = this.#banks.get(domain);
     const d = { ...c.destinies, ...(bank?.destinies ?? {}) } as Record<string, string | undefined>;
     const destinies = {} as Record<Category, Destiny>;
     for (const cat of CATEGORIES) {
@@ -70,7 +73,11 @@ export class Policy {
     return {
       address,
       local: this.#domains.has(domain),
-      bypass: c.bypass.includes(addr) || c.bypass.includes(`@${domain}`),
+      // user+ext@domain is user@domain's (Postfix's recipient_delimiter, as amavis looks it up)
+      bypass:
+        c.bypass.includes(addr) ||
+        c.bypass.includes(addr.replace(/^([^@+]+)\+[^@]*@/, '$1@')) ||
+        c.bypass.includes(`@${domain}`),
       ...(bank ? { bank: domain } : {}),
       levels: {
         tag: bank?.tagLevel ?? c.tagLevel,

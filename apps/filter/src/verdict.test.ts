@@ -188,6 +188,21 @@ describe('destinies, bypass, policy banks, mixed recipients', () => {
     expect(d.quarantineTo).toEqual(['bob@example.test']);
     expect(d.recipients.map((v) => v.action)).toEqual(['pass', 'discard']);
   });
+  it('a bypass recipient gets no message a scanner failed on, whatever else was found (virus, spamd down)', () => {
+    const p = policy({ bypass: ['lover@example.test'] });
+    const d = one(p, results({ virus: 'V', spamError: true }), 'lover@example.test');
+    expect(d.category).toBe('unchecked');
+    expect(d.action).toBe('tempfail');
+    expect(d.reply?.code).toBe(451);
+    // and with nothing else found, the same
+    expect(one(p, results({ spamError: true }), 'lover@example.test').action).toBe('tempfail');
+  });
+  it("the quarantined copy's verdict names the destiny of the recipient it was quarantined for", () => {
+    const p = policy({ bypass: ['lover@example.test'] });
+    const d = decide(results({ score: 1000 }), [p.for('lover@example.test'), p.for('bob@example.test')], ctx);
+    expect(d.quarantineTo).toEqual(['bob@example.test']);
+    expect(d.quarantineHeaders).toMatch(/^X-Moat-Verdict: SPAM reject\+quarantine, id=ABC123/);
+  });
   it('any tempfail answers 451 for every recipient', () => {
     const p = policy({ policyBanks: { 'slow.test': { destinies: { spam: 'tempfail' } } } });
     const d = decide(results({ score: 100 }), [p.for('a@example.test'), p.for('b@slow.test')], ctx);

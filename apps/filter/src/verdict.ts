@@ -194,7 +194,10 @@ export function decide(r: Results, recipients: readonly RecipientPolicy[], ctx: 
     const present = new Set(base);
     const sc = spamCategory(score, p);
     if (sc) present.add(sc);
-    const category = CATEGORIES.find((c) => present.has(c))!;
+    // a bypass recipient loves every category but unchecked (as amavis: the blocking category is the
+    // highest one the recipient does not love), so a scanner failure decides for it whatever else is found
+    const category =
+      p.bypass && present.has('unchecked') ? 'unchecked' : CATEGORIES.find((c) => present.has(c))!;
     const loved = p.bypass && category !== 'unchecked';
     const destiny: Destiny = loved ? { action: 'pass', quarantine: false } : p.destinies[category];
     return { address: p.address, category, destiny, action: destiny.action, bypass: p.bypass };
@@ -262,7 +265,13 @@ export function decide(r: Results, recipients: readonly RecipientPolicy[], ctx: 
   // the quarantined copy: the verdict, whatever the recipients
   let quarantineHeaders = fold(
     'X-Moat-Verdict',
-    `${CATEGORY_WORDS[category]} ${formatDestiny(verdicts.find((v) => v.category === category)?.destiny ?? { action, quarantine: true })}, id=${ctx.id}, reason=${reason}`,
+    `${CATEGORY_WORDS[category]} ${formatDestiny(
+      // the destiny of a recipient whose copy this is (quarantined), not of one that loved it
+      (
+        verdicts.find((v) => v.category === category && v.destiny.quarantine) ??
+        verdicts.find((v) => v.category === category)
+      )?.destiny ?? { action, quarantine: true },
+    )}, id=${ctx.id}, reason=${reason}`,
   );
   if (score !== undefined && recipients[0]) {
     const l = recipients[0].levels;
