@@ -77,10 +77,10 @@ export const screen = z
     /** The `220-` teaser sent before the wait; undefined = `<hostname> ESMTP`, '' = no teaser. */
     greetBanner: z.string().optional(),
     /**
-     * How long the tests before the greeting may take; bytes sent within it fail pregreet. At least 1s:
-     * the DNSBL answers are waited for within it too (0 turned DNSBL off).
+     * How long the tests before the greeting may take; bytes sent within it fail pregreet. At least
+     * 100ms: the DNSBL answers are waited for within it too (0 turned DNSBL off).
      */
-    greetWait: timer('6s', 1000),
+    greetWait: timer('6s', 100),
     /** What a pregreeting client gets (postscreen_greet_action). */
     greetAction: action('ignore'),
     /** How long a pregreet pass is remembered (postscreen_greet_ttl). */
