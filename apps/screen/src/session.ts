@@ -28,6 +28,14 @@ import { escapeBytes, logText, replies, type Action, type DeepTest, type TestNam
 import { splice, type Endpoint, type SpliceOptions } from './splice.js';
 import { readProxyHeader } from './upstream-proxy.js';
 
+/** The pass cache as a denylisted client sees it: nothing remembered, nothing recorded. */
+const NO_CACHE: Pick<PassCache, 'lookup' | 'pass' | 'fail' | 'dnswl'> = {
+  lookup: () => Promise.resolve(undefined),
+  pass: () => undefined,
+  fail: () => undefined,
+  dnswl: () => undefined,
+};
+
 export interface ScreenContext {
   hostname: string;
   /** Teaser text; '' = none. */
@@ -113,6 +121,10 @@ export async function handleClient(ctx: ScreenContext, client: net.Socket): Prom
   };
 
   const access = ctx.access.check(ip);
+  // a client on the permanent denylist never uses the pass cache: nothing it did is remembered, and
+  // nothing remembered of it spares it a test (postscreen: the permanent lists bypass the cache)
+  const cache: Pick<PassCache, 'lookup' | 'pass' | 'fail' | 'dnswl'> =
+    access === 'reject' ? NO_CACHE : ctx.cache;
   if (access === 'permit') {
     log.info(fields, logText.allowlisted(who));
     await spliceNow(false);
@@ -137,7 +149,7 @@ export async function handleClient(ctx: ScreenContext, client: net.Socket): Prom
       if (ctx.accessAction === 'drop') return drop(replies.access.drop);
       if (ctx.accessAction === 'enforce') failures.push({ test: 'access', reply: replies.access.enforce });
     }
-    const record = await ctx.cache.lookup(ip);
+    const record = await cache.lookup(ip);
     if (client.destroyed) return;
     const now = Date.now();
     const pregreetTodo = ctx.greetWaitMs > 0 && !valid(record, 'pregreet', now);
@@ -184,7 +196,7 @@ export async function handleClient(ctx: ScreenContext, client: net.Socket): Prom
       if (pregreetTodo) {
         if (early.pregreet) {
           failed = true;
-          ctx.cache.fail(ip, 'pregreet');
+          cache.fail(ip, 'pregreet');
           if (ctx.greetAction === 'drop') return drop(replies.pregreet.drop);
           if (ctx.greetAction === 'enforce')
             failures.push({ test: 'pregreet', reply: replies.pregreet.enforce });
@@ -216,7 +228,7 @@ export async function handleClient(ctx: ScreenContext, client: net.Socket): Prom
             logText.dnsblRank(r.score, who),
           );
           failed = true;
-          ctx.cache.fail(ip, 'dnsbl');
+          cache.fail(ip, 'dnsbl');
           if (ctx.dnsblAction === 'drop') return drop(replies.dnsbl(ip, r.listedBy, 'drop'));
           if (ctx.dnsblAction === 'enforce') {
             failures.push({ test: 'dnsbl', reply: replies.dnsbl(ip, r.listedBy, 'enforce') });
@@ -225,7 +237,7 @@ export async function handleClient(ctx: ScreenContext, client: net.Socket): Prom
           passed.push({ test: 'dnsbl', ttlMs });
           if (verdict === 'allowlist' && !failed) {
             dnswlTtl = r.ttlMs;
-            ctx.cache.dnswl(ip, r.score, r.ttlMs);
+            cache.dnswl(ip, r.score, r.ttlMs);
           }
         }
       }
@@ -238,7 +250,7 @@ export async function handleClient(ctx: ScreenContext, client: net.Socket): Prom
         }
         deepTodo = [];
       }
-      for (const p of passed) ctx.cache.pass(ip, p.test, p.ttlMs);
+      for (const p of passed) cache.pass(ip, p.test, p.ttlMs);
       if (failures.length > 0) {
         const f = failures[failures.length - 1]!;
         const outcome = await runEngine(client, {
@@ -282,7 +294,7 @@ export async function handleClient(ctx: ScreenContext, client: net.Socket): Prom
     const watcher = new DeepWatcher({ tests: new Set(todo.map((d) => d.test)), forbidden: ctx.forbidden });
     let takeover: { action: Action; test: DeepTest; tail: Buffer } | undefined;
     const onDeep = (r: ClientResult): 'forward' | 'stop' => {
-      for (const t of r.passed) ctx.cache.pass(ip, t, todo.find((d) => d.test === t)!.ttlMs);
+      for (const t of r.passed) cache.pass(ip, t, todo.find((d) => d.test === t)!.ttlMs);
       let worst: { action: Action; test: DeepTest } | undefined;
       for (const v of r.violations) {
         const d = todo.find((x) => x.test === v.test)!;
@@ -292,7 +304,7 @@ export async function handleClient(ctx: ScreenContext, client: net.Socket): Prom
         if (v.test === 'pipelining') log.info(f, logText.pipelining(who, v.after, text));
         else if (v.test === 'non_smtp_command') log.info(f, logText.nonSmtp(who, v.after, text));
         else log.info(f, logText.bareNewline(who, v.after));
-        ctx.cache.fail(ip, v.test);
+        cache.fail(ip, v.test);
         if (!worst || STRENGTH[d.action] > STRENGTH[worst.action]) worst = { action: d.action, test: v.test };
       }
       if (r.passed.length > 0 && clean && r.violations.length === 0) log.info(fields, logText.passNew(who));

@@ -370,7 +370,22 @@ describe('screen with greetAction drop and the access list', () => {
 
 describe('screen with greetAction drop and dnsblAction drop', () => {
   beforeAll(async () => {
-    await restartScreen({ greetAction: 'drop', dnsblAction: 'drop' });
+    await restartScreen({
+      greetAction: 'drop',
+      dnsblAction: 'drop',
+      accessList: ['reject 127.0.14.0/24'],
+      accessAction: 'ignore',
+    });
+  });
+
+  it('a denylisted client (accessAction ignore) is screened and spliced, and nothing of it is cached', async () => {
+    const c = await connect('127.0.14.1');
+    const banner = await c.read(3000);
+    expect(banner.text).toMatch(/^220 mx\.example\.test ESMTP/);
+    await c.quit();
+    await screenLog(/^DENYLISTED \[127\.0\.14\.1\]:\d+$/);
+    // postscreen: a client on the permanent lists never uses the cache; it passed every test here
+    expect(await cachedClient('127.0.14.1')).toBeUndefined();
   });
 
   it('a listed client whose pregreet pass is cached cannot talk its way past the DNSBL answer', async () => {
