@@ -474,7 +474,7 @@ class LeanConnection {
     const limit = this.server.o.messageSizeLimit;
     const size = from.args ? Number((from.args as Record<string, unknown>).SIZE) : NaN;
     if (size > limit) return this.#send(R.tooBigForSize(limit));
-    if (undeclaredUnicode(from.address, from.args))
+    if (undeclaredUtf8(NON_ASCII.test(from.address), from.args))
       return this.#send(formatReply(listenerReplies.utf8Undeclared()));
     const tx: Transaction = {
       id: newQueueId(),
@@ -505,7 +505,7 @@ class LeanConnection {
     if (!to) return this.#send(R.badRecipient);
     const tx = this.#tx;
     if (!tx) return this.#send(R.needMail);
-    if (undeclaredUnicode(to.address, tx.mailFrom.args))
+    if (undeclaredUtf8(NON_ASCII.test(to.address), tx.mailFrom.args))
       return this.#send(formatReply(listenerReplies.utf8Undeclared()));
     if (hasRecipient(tx, to.address)) return this.#send(R.rcptOk);
     const max = this.server.o.recipientLimit;
@@ -742,9 +742,14 @@ class LeanConnection {
   }
 }
 
-/** A non-ASCII address in a transaction whose MAIL did not declare SMTPUTF8 (RFC 6531): 553 5.6.7. */
-function undeclaredUnicode(address: string, mailArgs: Address['args']): boolean {
-  return /[^\p{ASCII}]/u.test(address) && !(mailArgs && (mailArgs as Record<string, unknown>).SMTPUTF8);
+export const NON_ASCII = /[^\p{ASCII}]/u;
+
+/**
+ * A non-ASCII address (`nonAscii`: as the client wrote it) in a transaction whose MAIL did not declare
+ * SMTPUTF8 (RFC 6531): both engines answer it 553 5.6.7.
+ */
+export function undeclaredUtf8(nonAscii: boolean, mailArgs: Address['args'] | undefined): boolean {
+  return nonAscii && !(mailArgs && (mailArgs as Record<string, unknown>).SMTPUTF8);
 }
 
 /**

@@ -41,7 +41,14 @@ import {
   type SMTPServerSession,
 } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
-import { closeWith, createLeanListener, hasRecipient, refuseNotAPeer } from './lean.js';
+import {
+  closeWith,
+  createLeanListener,
+  hasRecipient,
+  NON_ASCII,
+  refuseNotAPeer,
+  undeclaredUtf8,
+} from './lean.js';
 import { LineEndingNormalizer, MessageTooBig } from './line-endings.js';
 import { type ClientInfo, forwardedClient, newQueueId } from './received.js';
 import { guarded, listenerReplies, type Reply, SmtpError } from './replies.js';
@@ -159,14 +166,8 @@ const sessionErrors = new WeakMap<object, number>();
 
 /** Addresses whose command had a byte outside ASCII: they need MAIL ... SMTPUTF8 (RFC 6531). */
 const unicodeAddresses = new WeakSet<object>();
-const NON_ASCII = /[^\p{ASCII}]/u;
 /** Full stops of other scripts, which smtp-server's punycode would read as "." (SMTP has only "."). */
 const OTHER_DOTS = /[\u3002\uff0e\uff61]/;
-
-/** True when `address` came in a command with non-ASCII bytes and the transaction did not declare SMTPUTF8. */
-function undeclaredUnicode(address: object, mailArgs: unknown): boolean {
-  return unicodeAddresses.has(address) && !(mailArgs && (mailArgs as Record<string, unknown>).SMTPUTF8);
-}
 
 /** SMTPConnection without the fixed wait before the banner, and with explicit enhanced codes. */
 class HopConnection extends SMTPConnection {
@@ -416,7 +417,8 @@ async function createSmtpServerListener(o: ListenerOptions): Promise<Listener> {
       );
     },
     onMailFrom(address, raw, cb) {
-      if (undeclaredUnicode(address, address.args)) return cb(refusal(listenerReplies.utf8Undeclared()));
+      if (undeclaredUtf8(unicodeAddresses.has(address), address.args))
+        return cb(refusal(listenerReplies.utf8Undeclared()));
       const session = server.hopSession(raw);
       const tx = server.beginTransaction(raw, address);
       void guarded(logger, 'mail', () => handlers.mailFrom?.(tx, session)).then((r) => {
@@ -431,7 +433,8 @@ async function createSmtpServerListener(o: ListenerOptions): Promise<Listener> {
       const session = server.hopSession(raw);
       const tx = server.transaction(raw);
       if (!tx) return cb(refusal(listenerReplies.internalError()));
-      if (undeclaredUnicode(address, tx.mailFrom.args)) return cb(refusal(listenerReplies.utf8Undeclared()));
+      if (undeclaredUtf8(unicodeAddresses.has(address), tx.mailFrom.args))
+        return cb(refusal(listenerReplies.utf8Undeclared()));
       // a recipient given twice is one recipient (smtp-server keeps one in its envelope too)
       if (hasRecipient(tx, address.address)) return cb();
       void guarded(logger, 'rcpt', () => handlers.rcptTo?.(address, tx, session)).then((r) => {
