@@ -230,6 +230,39 @@ describe('accepting a message', () => {
     expect(maildirMessages(path.join(dir, 'mail'), 'h@example.test')).toHaveLength(1); // not twice
   });
 
+  it('skips, on a deferred retry, the recipients noted as done by a retry a crash cut short', async () => {
+    const dir = tmpDir('moat-queue-');
+    const deferred = path.join(dir, 'queue', 'deferred');
+    fs.mkdirSync(deferred, { recursive: true });
+    await writeEnvelopeFile(
+      deferred,
+      { ...head('FOUR', ['j@example.test', 'k@example.test', 'l@elsewhere.test']), attempts: 1 },
+      [Buffer.from('Subject: four\r\n\r\nz\r\n')],
+    );
+    // the retry before the crash gave j its copy and noted it
+    fs.writeFileSync(path.join(deferred, '.FOUR.done'), 'j@example.test\n');
+    // and a done list whose deferred file is gone
+    fs.writeFileSync(path.join(deferred, '.GONE.done'), 'm@example.test\n');
+    const q = queue(dir, 200);
+    await q.init();
+    expect(fs.readdirSync(deferred).sort()).toEqual(['.FOUR.done', 'FOUR']);
+    await waitFor(
+      () => maildirMessages(path.join(dir, 'mail'), 'k@example.test').length === 1 || undefined,
+      3000,
+      'the queue run to deliver k',
+    );
+    await waitFor(
+      () =>
+        JSON.parse(fs.readFileSync(path.join(deferred, 'FOUR'), 'utf8').split('\n')[0]!).rcpt.join() ===
+          'l@elsewhere.test' || undefined,
+      3000,
+      'the deferred file to keep only l',
+    );
+    await q.drain();
+    expect(maildirMessages(path.join(dir, 'mail'), 'j@example.test')).toHaveLength(0);
+    expect(fs.readdirSync(deferred)).toEqual(['FOUR']);
+  });
+
   it('rejects when the Maildir cannot be written, and leaves nothing behind', async () => {
     const dir = tmpDir('moat-queue-');
     const q = queue(dir);

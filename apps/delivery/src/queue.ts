@@ -112,6 +112,12 @@ export class Queue {
         await fsp.rm(path.join(this.active, name), { force: true });
     }
     await removeOrphans(this.deferred);
+    // the done lists of deferred files that are gone (a crash between the file and its list)
+    const deferred = await fsp.readdir(this.deferred);
+    const present = new Set(deferred.filter((n) => !n.startsWith('.')).map(doneName));
+    for (const name of deferred)
+      if (name.startsWith('.') && name.endsWith('.done') && !present.has(name))
+        await fsp.rm(path.join(this.deferred, name), { force: true });
     if (leftovers.length)
       this.o.logger.info({ count: leftovers.length }, 'recovering messages left in the active queue');
     for (const id of leftovers) this.schedule(id);
@@ -347,13 +353,30 @@ export class Queue {
       );
   }
 
-  /** Tries a deferred file's local recipients again; false when it has none to try. */
+  /**
+   * Tries a deferred file's local recipients again; false when it has none to try. As in active/, each
+   * copy is noted in deferred/.<name>.done once durable, so a crash in the middle of a retry does not
+   * give the recipients already reached a second copy at the next one.
+   */
   async #retryOne(name: string): Promise<boolean> {
     const file = path.join(this.deferred, name);
     const { head, bodyOffset } = await readEnvelopeHead<QueueHead>(file);
     const local = head.rcpt.filter((r) => this.isLocal(r));
     if (!local.length) return false;
-    const failed = await this.#deliverLocal(head.id, head, local, () => messageStream(file, bodyOffset));
+    const doneFile = path.join(this.deferred, doneName(name));
+    const done = new Set((await fsp.readFile(doneFile, 'utf8').catch(() => '')).split('\n').filter(Boolean));
+    if (done.size)
+      this.o.logger.info(
+        { id: head.id, done: [...done] },
+        'recovering: these recipients already have their copy',
+      );
+    const failed = await this.#deliverLocal(
+      head.id,
+      head,
+      local.filter((r) => !done.has(r)),
+      () => messageStream(file, bodyOffset),
+      (rcpt) => fsp.appendFile(doneFile, `${rcpt}\n`).catch(() => undefined),
+    );
     const left = [...failed, ...head.rcpt.filter((r) => !this.isLocal(r))];
     if (!left.length) {
       // every copy is durable in its Maildir
@@ -368,6 +391,8 @@ export class Queue {
       };
       await writeEnvelopeFile(this.deferred, next, [messageStream(file, bodyOffset)], this.#write);
     }
+    // the file no longer names the recipients noted
+    await fsp.rm(doneFile, { force: true });
     return true;
   }
 
