@@ -15,6 +15,8 @@ import { logText } from './replies.js';
 /** The store's own deadline for each call on the connection path. */
 export const LOOKUP_TIMEOUT_MS = 500;
 const WARN_EVERY_MS = 60_000;
+/** How often a store that could not be opened is tried again. */
+const REOPEN_MS = 30_000;
 
 export interface CacheOptions {
   store: string;
@@ -22,12 +24,17 @@ export interface CacheOptions {
   retentionMs: number;
   cleanupIntervalMs: number;
   logger: Logger;
+  /** Retry interval for a store that could not be opened (default 30 s). */
+  reopenMs?: number;
 }
 
 export class PassCache {
   #store: ReputationStore | undefined;
   #warnedAt = 0;
   #cleanup: NodeJS.Timeout | undefined;
+  #reopen: NodeJS.Timeout | undefined;
+  #opening: Promise<boolean> | undefined;
+  #closed = false;
   readonly #logger: Logger;
 
   private constructor(store: ReputationStore | undefined, logger: Logger) {
@@ -35,8 +42,32 @@ export class PassCache {
     this.#logger = logger;
   }
 
+  /**
+   * Opens the store. One that cannot be opened (its file unreadable, its folder not writable) leaves
+   * screen serving without a cache, every client tested as a new one, and is tried again every
+   * `reopenMs` until it opens.
+   */
   static async open(o: CacheOptions): Promise<PassCache> {
-    let store: ReputationStore | undefined;
+    const cache = new PassCache(undefined, o.logger);
+    if (!(await cache.#open(o))) {
+      cache.#reopen = setInterval(() => {
+        if (cache.#opening) return;
+        cache.#opening = cache.#open(o).then((ok) => {
+          cache.#opening = undefined;
+          if (ok) {
+            clearInterval(cache.#reopen);
+            o.logger.info({ store: cache.kind }, 'pass cache store opened: cache in use');
+          }
+          return ok;
+        });
+      }, o.reopenMs ?? REOPEN_MS);
+      cache.#reopen.unref();
+    }
+    return cache;
+  }
+
+  async #open(o: CacheOptions): Promise<boolean> {
+    let store: ReputationStore;
     try {
       store = await openStore(o.store, {
         dataDir: o.dataDir,
@@ -44,14 +75,23 @@ export class PassCache {
         retentionMs: o.retentionMs,
       });
     } catch (err) {
-      o.logger.error({ err: (err as Error).message, store: o.store }, logText.cacheDown);
+      const now = Date.now();
+      if (now - this.#warnedAt >= WARN_EVERY_MS) {
+        this.#warnedAt = now;
+        o.logger.error({ err: (err as Error).message, store: o.store }, logText.cacheDown);
+      }
+      return false;
     }
-    const cache = new PassCache(store, o.logger);
-    if (store && o.cleanupIntervalMs > 0) {
-      cache.#cleanup = setInterval(() => void cache.cleanup(), o.cleanupIntervalMs);
-      cache.#cleanup.unref();
+    if (this.#closed) {
+      await store.close().catch(() => undefined);
+      return false;
     }
-    return cache;
+    this.#store = store;
+    if (o.cleanupIntervalMs > 0) {
+      this.#cleanup = setInterval(() => void this.cleanup(), o.cleanupIntervalMs);
+      this.#cleanup.unref();
+    }
+    return true;
   }
 
   get kind(): string {
@@ -104,7 +144,10 @@ export class PassCache {
   }
 
   async close(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#reopen);
     clearInterval(this.#cleanup);
+    await this.#opening;
     await this.#store?.close().catch(() => undefined);
   }
 }

@@ -65,3 +65,16 @@ export function flushLogger(): void {
 export function silentLogger(): Logger {
   return pino({ level: 'silent' });
 }
+
+/** A logger that keeps every line it logs (parsed, level as a number), for unit tests. */
+export function memoryLogger(): {
+  logger: Logger;
+  lines: { level: number; msg: string; [k: string]: unknown }[];
+} {
+  const lines: { level: number; msg: string }[] = [];
+  const logger = pino(
+    { level: 'info' },
+    { write: (s: string) => void lines.push(JSON.parse(s) as { level: number; msg: string }) },
+  );
+  return { logger, lines };
+}
