@@ -8,6 +8,16 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { syncDir, writeDurable, type DurableWrite, type Part } from '@moat/spool';
 
+/**
+ * One character of a local part as it goes into a folder name: `%xx` below U+0100 (as before), `%uxxxx`
+ * for every UTF-16 unit above. Fixed widths keep the encoding one-to-one: with a variable width, U+0E91
+ * (`%e91`) and "é1" (`%e9` + `1`) were the same folder, so two recipients shared one Maildir.
+ */
+function escapeChar(c: string): string {
+  const code = c.charCodeAt(0);
+  return code < 0x100 ? `%${code.toString(16).padStart(2, '0')}` : `%u${code.toString(16).padStart(4, '0')}`;
+}
+
 /** Splits a recipient into its mailbox folder parts; the local part is lower-cased and made path-safe. */
 export function mailboxPath(root: string, address: string): { domain: string; local: string; dir: string } {
   const at = address.lastIndexOf('@');
@@ -16,7 +26,7 @@ export function mailboxPath(root: string, address: string): { domain: string; lo
   const local = rawLocal
     .toLowerCase()
     .replace(/^"(.*)"$/, '$1')
-    .replace(/[^a-z0-9!#$&'*+=?^_`{|}~.-]|^\./g, (c) => `%${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+    .replace(/[^a-z0-9!#$&'*+=?^_`{|}~.-]|^\./g, escapeChar);
   const safeDomain = domain.replace(/[^a-z0-9.-]|^\./g, '_');
   return { domain: safeDomain, local: local || '%00', dir: path.join(root, safeDomain, local || '%00') };
 }
