@@ -358,6 +358,21 @@ describe('the lean listener (internal hops)', () => {
     await c.ended();
   });
 
+  it('reads XFORWARD values as UTF-8, so a non-ASCII HELO reaches the next Received header intact', async () => {
+    const { port, got } = await start();
+    const c = new Client(port);
+    await c.replies(1);
+    // what our relay client sends for the HELO "bücher.test": the UTF-8 bytes, xtext-encoded
+    c.write(
+      'EHLO hop.test\r\nXFORWARD ADDR=192.0.2.7 HELO=b+C3+BCcher.test\r\n' +
+        'MAIL FROM:<a@remote.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n',
+    );
+    await c.replies(6);
+    c.write('Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n');
+    await c.ended();
+    expect(got.txs[0]!.client.helo).toBe('bücher.test');
+  });
+
   it('refuses XFORWARD where it is not enabled', async () => {
     const { port } = await start({}, { xforward: false });
     const c = new Client(port);

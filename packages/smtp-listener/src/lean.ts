@@ -172,8 +172,21 @@ export function parsePath(arg: string, prefix: 'FROM' | 'TO'): Address | undefin
   return { address, args: args as Address['args'] };
 }
 
+/**
+ * xtext (RFC 3461) to text: the `+XX` escapes are bytes, and the bytes are UTF-8 (our relay client
+ * encodes a value's UTF-8 bytes, as Postfix does). Taking each escape as a character of its own turned
+ * a HELO like "bücher.test" into "bÃ¼cher.test" at each hop, C1 control characters included.
+ */
 function decodeXtext(v: string): string {
-  return v.replace(/\+([0-9A-F]{2})/gi, (_, h: string) => String.fromCharCode(parseInt(h, 16)));
+  if (!v.includes('+')) return v;
+  const bytes: Buffer[] = [];
+  let from = 0;
+  for (const m of v.matchAll(/\+([0-9A-F]{2})/gi)) {
+    bytes.push(Buffer.from(v.slice(from, m.index), 'utf8'), Buffer.from([parseInt(m[1]!, 16)]));
+    from = m.index + m[0].length;
+  }
+  bytes.push(Buffer.from(v.slice(from), 'utf8'));
+  return Buffer.concat(bytes).toString('utf8');
 }
 
 /** Flushes every connection that wrote this turn: the replies of one turn leave in one write. */
