@@ -489,3 +489,50 @@ describe('RelayTransaction with CHUNKING on a pooled connection that is gone', (
     }
   });
 });
+
+describe('RelayTransaction: the client ESMTP parameters it passes on', () => {
+  it('passes values as xtext and leaves out invalid keywords, so no client value adds a parameter', async () => {
+    const seen: { mail: Record<string, unknown>; rcpt: Record<string, unknown> }[] = [];
+    const next = await createListener({
+      engine: 'lean',
+      service: 'next',
+      hostname: 'next.example.test',
+      listen: '127.0.0.1:0',
+      peers: ['127.0.0.1/32'],
+      xforward: true,
+      messageSizeLimit: 1024 * 1024,
+      logger: silentLogger(),
+      handlers: {
+        async data(body, tx) {
+          for await (const _ of body) void _;
+          seen.push({
+            mail: { ...(tx.mailFrom.args || {}) },
+            rcpt: { ...(tx.rcptTo[0]!.args || {}) },
+          });
+          return reply(250, '2.0.0', `Ok: queued as ${tx.id}`);
+        },
+      },
+    });
+    const pool = poolTo('next', next.address.port);
+    try {
+      // as smtp-server hands them over: xtext already decoded ("ENVID=x+20SIZE+3D999999999" on the wire)
+      const r = await RelayTransaction.send(
+        pool,
+        client,
+        {
+          mailFrom: { address: 'a@remote.test', args: { ENVID: 'x SIZE=999999999', RET: 'FULL SMTPUTF8' } },
+          rcptTo: [
+            { address: 'b@example.test', args: { NOTIFY: 'NEVER SIZE=1', ORCPT: 'rfc822;a+b c@x.test' } },
+          ],
+        } as never,
+        () => Readable.from([Buffer.from('Subject: s\r\n\r\nbody\r\n')]),
+      );
+      expect(r.code).toBe(250);
+      expect(seen[0]!.mail).toEqual({ ENVID: 'x+20SIZE+3D999999999' });
+      expect(seen[0]!.rcpt).toEqual({ ORCPT: 'rfc822;a+2Bb+20c@x.test' });
+    } finally {
+      pool.close();
+      await next.close();
+    }
+  });
+});

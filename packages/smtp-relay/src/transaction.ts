@@ -27,22 +27,56 @@ export interface Envelope {
   rcptTo: readonly Address[];
 }
 
+/**
+ * An ESMTP parameter value as it may go on the wire: xtext (RFC 3461) for everything but a "+" that
+ * already starts an escape. smtp-server hands its handlers decoded values, so "ENVID=x+20SIZE=9" arrives
+ * as "x SIZE=9": written back as it was, that is a second parameter the client smuggled into our
+ * command to the next hop (there "SIZE=9..." got the whole message refused with 552).
+ */
+function xtextValue(value: string): string {
+  let out = '';
+  const bytes = Buffer.from(value, 'utf8');
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes[i]!;
+    const escape =
+      b < 0x21 ||
+      b > 0x7e ||
+      b === 0x3d ||
+      (b === 0x2b && !/^[0-9A-F]{2}$/.test(bytes.toString('latin1', i + 1, i + 3)));
+    out += escape ? `+${b.toString(16).toUpperCase().padStart(2, '0')}` : String.fromCharCode(b);
+  }
+  return out;
+}
+
+/** Keyword parameters go on only with a value their RFC allows; anything else is left out. */
+const KEYWORDS = {
+  BODY: /^(?:7BIT|8BITMIME|BINARYMIME)$/i,
+  RET: /^(?:FULL|HDRS)$/i,
+  NOTIFY: /^(?:NEVER|(?:SUCCESS|FAILURE|DELAY)(?:,(?:SUCCESS|FAILURE|DELAY))*)$/i,
+} as const;
+
+function keyword(name: keyof typeof KEYWORDS, value: string | boolean | undefined): string {
+  return typeof value === 'string' && KEYWORDS[name].test(value) ? ` ${name}=${value.toUpperCase()}` : '';
+}
+
 function mailCommand(from: Address, conn: RelayConnection): string {
   const args =
     from.args && typeof from.args === 'object' ? (from.args as Record<string, string | boolean>) : {};
   let line = `MAIL FROM:<${from.address}>`;
-  if (conn.caps.eightBitMime && typeof args.BODY === 'string') line += ` BODY=${args.BODY.toUpperCase()}`;
+  if (conn.caps.eightBitMime) line += keyword('BODY', args.BODY);
   if (conn.caps.smtpUtf8 && args.SMTPUTF8) line += ' SMTPUTF8';
-  if (conn.caps.dsn && typeof args.RET === 'string') line += ` RET=${args.RET}`;
-  if (conn.caps.dsn && typeof args.ENVID === 'string') line += ` ENVID=${args.ENVID}`;
+  if (conn.caps.dsn) line += keyword('RET', args.RET);
+  if (conn.caps.dsn && typeof args.ENVID === 'string' && args.ENVID)
+    line += ` ENVID=${xtextValue(args.ENVID)}`;
   return line;
 }
 
 function rcptCommand(to: Address, conn: RelayConnection): string {
   const args = to.args && typeof to.args === 'object' ? (to.args as Record<string, string | boolean>) : {};
   let line = `RCPT TO:<${to.address}>`;
-  if (conn.caps.dsn && typeof args.NOTIFY === 'string') line += ` NOTIFY=${args.NOTIFY}`;
-  if (conn.caps.dsn && typeof args.ORCPT === 'string') line += ` ORCPT=${args.ORCPT}`;
+  if (conn.caps.dsn) line += keyword('NOTIFY', args.NOTIFY);
+  if (conn.caps.dsn && typeof args.ORCPT === 'string' && args.ORCPT)
+    line += ` ORCPT=${xtextValue(args.ORCPT)}`;
   return line;
 }
 
