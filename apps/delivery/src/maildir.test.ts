@@ -18,4 +18,11 @@ describe('mailboxPath', () => {
     expect(mailboxPath('/m', 'jos\u00e9@example.test').local).toBe('jos%e9');
     expect(mailboxPath('/m', '\u0e91@example.test').local).toBe('%u0e91');
   });
+
+  it("files user+extension in user's Maildir, as greylist's recipient table accepts it for user", () => {
+    expect(mailboxPath('/m', 'Bob+News@example.test').dir).toBe(path.join('/m', 'example.test', 'bob'));
+    expect(mailboxPath('/m', '"bob+x"@example.test').local).toBe('bob');
+    // a local part that starts with the delimiter has no user part to fold to
+    expect(mailboxPath('/m', '+x@example.test').local).toBe('+x');
+  });
 });

@@ -18,15 +18,22 @@ function escapeChar(c: string): string {
   return code < 0x100 ? `%${code.toString(16).padStart(2, '0')}` : `%u${code.toString(16).padStart(4, '0')}`;
 }
 
-/** Splits a recipient into its mailbox folder parts; the local part is lower-cased and made path-safe. */
+/**
+ * Splits a recipient into its mailbox folder parts; the local part is lower-cased, without its +extension,
+ * and made path-safe.
+ */
 export function mailboxPath(root: string, address: string): { domain: string; local: string; dir: string } {
   const at = address.lastIndexOf('@');
   const rawLocal = at < 0 ? address : address.slice(0, at);
   const domain = (at < 0 ? '' : address.slice(at + 1)).toLowerCase().replace(/\.$/, '');
-  const local = rawLocal
-    .toLowerCase()
-    .replace(/^"(.*)"$/, '$1')
-    .replace(/[^a-z0-9!#$&'*+=?^_`{|}~.-]|^\./g, escapeChar);
+  const unquoted = rawLocal.toLowerCase().replace(/^"(.*)"$/, '$1');
+  // user+extension is user's mailbox (recipient_delimiter '+', as greylist's recipient table and
+  // filter's policy read it); Delivered-To keeps the whole address for the user's own rules
+  const plus = unquoted.indexOf('+');
+  const local = (plus > 0 ? unquoted.slice(0, plus) : unquoted).replace(
+    /[^a-z0-9!#$&'*+=?^_`{|}~.-]|^\./g,
+    escapeChar,
+  );
   const safeDomain = domain.replace(/[^a-z0-9.-]|^\./g, '_');
   return { domain: safeDomain, local: local || '%00', dir: path.join(root, safeDomain, local || '%00') };
 }
