@@ -373,6 +373,22 @@ describe('the lean listener (internal hops)', () => {
     expect(got.txs[0]!.client.helo).toBe('bücher.test');
   });
 
+  it('answers a long malformed EHLO or XFORWARD NAME at once, without holding the other sessions', async () => {
+    const { port } = await start();
+    const c = new Client(port);
+    await c.replies(1);
+    const started = Date.now();
+    c.write(`EHLO ${'a'.repeat(28)}!\r\nEHLO hop.test\r\nXFORWARD NAME=${'b'.repeat(28)}!\r\n`);
+    const r = await c.replies(4);
+    expect(r[1]).toBe('501 Error: Bad hostname syntax');
+    expect(r[3]).toBe('501 5.5.4 Error: Bad command parameter syntax. Invalid hostname');
+    // the pattern this replaced took over a second of CPU for each of these, seconds more per letter
+    expect(Date.now() - started).toBeLessThan(300);
+    c.write('EHLO a-b.c_d.example.\r\nEHLO [IPv6:::1]\r\nEHLO -a.test\r\nEHLO a..test\r\nQUIT\r\n');
+    const more = await c.replies(9);
+    expect(more.slice(4, 8).map((l) => l.slice(0, 3))).toEqual(['250', '250', '501', '501']);
+  });
+
   it('refuses XFORWARD where it is not enabled', async () => {
     const { port } = await start({}, { xforward: false });
     const c = new Client(port);
