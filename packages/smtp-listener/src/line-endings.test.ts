@@ -34,4 +34,10 @@ describe('LineEndingNormalizer (the one bare CR/LF rule)', () => {
   it('fails with MessageTooBig past the limit', async () => {
     await expect(run(['x'.repeat(10), 'y'.repeat(10)], 15)).rejects.toBeInstanceOf(MessageTooBig);
   });
+  it('fails with MessageTooBig when the normalised message passes the limit', async () => {
+    // 8 bytes received, 16 passed on: the next hop's limit (ours plus room for headers) is no longer kept
+    await expect(run(['\n'.repeat(8)], 10)).rejects.toBeInstanceOf(MessageTooBig);
+    await expect(run(['a\r\n'.repeat(3), 'b\r'], 10)).rejects.toBeInstanceOf(MessageTooBig);
+    expect((await run(['a\n', 'b\r\n'], 7)).out).toBe('a\r\nb\r\n');
+  });
 });

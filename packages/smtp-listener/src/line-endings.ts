@@ -13,8 +13,9 @@
  * client dot-stuffs like any other: no hop can read a second message out of one. Normalising (rather
  * than rejecting) keeps mail from old or broken senders flowing, as Postfix does by default.
  *
- * Also counts the bytes and fails the stream with MessageTooBig once the limit is passed, so a hop
- * stops forwarding an oversized message at once instead of at its end.
+ * Also counts the bytes and fails the stream with MessageTooBig once the limit is passed, by the bytes
+ * received or by the bytes passed on (normalised), so a hop stops forwarding an oversized message at
+ * once instead of at its end.
  */
 import { Transform, type TransformCallback } from 'node:stream';
 
@@ -123,6 +124,8 @@ export class LineEndings {
 export class LineEndingNormalizer extends Transform {
   readonly #rule = new LineEndings();
   #bytes = 0;
+  /** Bytes passed on (normalised). */
+  #out = 0;
 
   constructor(private readonly maxBytes = Infinity) {
     super();
@@ -143,10 +146,24 @@ export class LineEndingNormalizer extends Transform {
       done(new MessageTooBig(this.maxBytes));
       return;
     }
-    done(null, this.#rule.normalize(chunk));
+    // the limit holds for what goes on too: each bare LF or CR becomes two bytes, so a message of bare
+    // line endings under the limit doubled past it, and the next hop (whose limit is ours plus room for
+    // headers) refused it with a permanent 552 after we had taken it
+    const out = this.#rule.normalize(chunk);
+    this.#out += out.length;
+    if (this.#out > this.maxBytes) {
+      done(new MessageTooBig(this.maxBytes));
+      return;
+    }
+    done(null, out);
   }
 
   override _flush(done: TransformCallback): void {
-    done(null, this.#rule.flush());
+    const last = this.#rule.flush();
+    if (last && this.#out + last.length > this.maxBytes) {
+      done(new MessageTooBig(this.maxBytes));
+      return;
+    }
+    done(null, last);
   }
 }
