@@ -51,6 +51,14 @@ export interface WalkOptions {
 
 const SNIFF_BYTES = 512;
 
+/**
+ * Archive entries listed so far per walk, all archives of the message together: archiveMaxFiles is a
+ * budget for the whole message (amavis' $MAXFILES), not per archive, or nested archives would multiply
+ * it (a zip of 1000 entries that each are that zip again, four deep, is 10^12 entries; with entries that
+ * all point at one stored copy it is a few kilobytes).
+ */
+const entriesListed = new WeakMap<MimeSummary, number>();
+
 const sig = (bytes: number[] | string, at = 0) => ({
   bytes: typeof bytes === 'string' ? Buffer.from(bytes, 'latin1') : Buffer.from(bytes),
   at,
@@ -145,13 +153,16 @@ export async function walkZip(
     out.notes.push(`${label}: not a readable zip (${(err as Error).message})`);
     return;
   }
-  let count = 0;
   const handle = async (entry: yauzl.Entry): Promise<boolean> => {
     if (entry.fileName.endsWith('/')) return true;
-    if (++count > o.archiveMaxFiles) {
-      out.notes.push(`${label}: more than archiveMaxFiles (${o.archiveMaxFiles}) entries, rest not listed`);
+    const listed = (entriesListed.get(out) ?? 0) + 1;
+    if (listed > o.archiveMaxFiles) {
+      out.notes.push(
+        `${label}: more than archiveMaxFiles (${o.archiveMaxFiles}) archive entries in the message, rest not listed`,
+      );
       return false;
     }
+    entriesListed.set(out, listed);
     const attrs: PartAttrs = { name: entry.fileName };
     const inner = [...chain, attrs];
     out.parts.push({ chain: inner });

@@ -208,6 +208,38 @@ describe('banned files and the MIME walk', () => {
     expect(r.notes.join()).toMatch(/more than archiveMaxFiles/);
   });
 
+  it('lists no more than archiveMaxFiles entries in the whole message, nested archives together', async () => {
+    // a zip whose n central-directory entries all point at one stored copy of `data` (overlapping
+    // entries, as in Fifield's zip bombs): a few kilobytes, nested four deep, are n^4 entries
+    const overlapping = (n: number, suffix: string, data: Buffer) => {
+      const one = zip([{ name: `0${suffix}`, data }]);
+      const cdAt = one.readUInt32LE(one.length - 6);
+      const central = one.subarray(cdAt, one.length - 22);
+      const entries = Array.from({ length: n }, (_, i) => {
+        const c = Buffer.from(central.subarray(0, 46));
+        const name = Buffer.from(`${i}${suffix}`);
+        c.writeUInt16LE(name.length, 28);
+        return Buffer.concat([c, name]);
+      });
+      const cd = Buffer.concat(entries);
+      const end = Buffer.from(one.subarray(one.length - 22));
+      end.writeUInt16LE(n, 8);
+      end.writeUInt16LE(n, 10);
+      end.writeUInt32LE(cd.length, 12);
+      end.writeUInt32LE(cdAt, 16);
+      return Buffer.concat([one.subarray(0, cdAt), cd, end]);
+    };
+    let bomb = overlapping(30, '.txt', Buffer.from('hello'));
+    for (let level = 0; level < 3; level++) bomb = overlapping(30, '.zip', bomb);
+    expect(bomb.length).toBeLessThan(10_000);
+    const started = performance.now();
+    const r = await walk(mail('bomb.zip', 'application/zip', bomb), { archiveMaxFiles: 100 });
+    expect(performance.now() - started).toBeLessThan(2000);
+    // the message's own parts (text, bomb.zip) and at most archiveMaxFiles archive entries
+    expect(r.parts.filter((p) => p.chain.length > 1).length).toBeLessThanOrEqual(100);
+    expect(r.notes.join()).toMatch(/more than archiveMaxFiles \(100\) archive entries in the message/);
+  });
+
   it('is unchecked, not clean, when the MIME walk stops before the end (more than 1000 parts)', async () => {
     // mailsplit stops at 1000 parts; what follows (here an executable) is never seen by the walk
     const exe = Buffer.concat([Buffer.from('MZ'), Buffer.alloc(200, 0x90)]);

@@ -168,7 +168,7 @@ export const filter = z
     archiveMaxDepth: z.number().int().min(0).max(20).default(4),
     /** Archives larger than this (decoded) are listed no further (clamd still scans them). */
     archiveMaxSize: size('10MB'),
-    /** Entries looked at per archive ($MAXFILES). */
+    /** Archive entries looked at per message, all archives and nesting levels together ($MAXFILES). */
     archiveMaxFiles: z.number().int().min(1).default(1000),
 
     // --- policy banks and bypass ---
