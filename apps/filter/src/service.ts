@@ -182,7 +182,7 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
     messageSizeLimit: internalSizeLimit(config),
     logger,
     handlers: {
-      async data(body, tx): Promise<Reply> {
+      async data(body, tx, session): Promise<Reply> {
         const client = tx.client;
         const started = performance.now();
         let spool: MessageSpool;
@@ -211,6 +211,15 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
               dsnCutoffLevel: c.dsnCutoffLevel,
             },
           );
+          if (session.closed) {
+            // the previous hop gave up waiting (its nextTimeout) or went away during the scan: its client
+            // got a 4xx and will send the message again, so forwarding it now would deliver it twice
+            logger.warn(
+              { id: tx.id, client: client.address, scanMs: Math.round(performance.now() - started) },
+              'the previous hop left during the scan; nothing forwarded',
+            );
+            return filterReplies.clientGone(tx.id);
+          }
           const { r, quarantined } = await act(tx, spool, d, head);
           const actedMs = Math.round(performance.now() - started);
           const outcome =

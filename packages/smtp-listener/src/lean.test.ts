@@ -420,6 +420,31 @@ describe('the lean listener (internal hops)', () => {
     expect(Date.now() - t).toBeGreaterThanOrEqual(150);
   });
 
+  it('tells a data handler still working that its client has gone (session.closed)', async () => {
+    const seen: boolean[] = [];
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const { port } = await start({
+      async data(body, tx, session) {
+        await read(body);
+        seen.push(session.closed);
+        await held;
+        seen.push(session.closed);
+        return reply(250, '2.0.0', `Ok: queued as ${tx.id}`);
+      },
+    });
+    const c = new Client(port);
+    c.write('EHLO hop.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n');
+    await c.replies(5);
+    c.write('Subject: x\r\n\r\nhi\r\n.\r\n');
+    while (seen.length < 1) await tick();
+    c.socket.destroy();
+    await tick();
+    release();
+    while (seen.length < 2) await tick();
+    expect(seen).toEqual([false, true]);
+  });
+
   it('on close, answers idle sessions 421 at once and lets a busy one finish first', async () => {
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));

@@ -247,10 +247,14 @@ class LeanConnection {
     readonly socket: net.Socket,
   ) {
     const peer = { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 };
+    const isClosed = () => this.#closed || socket.destroyed;
     this.session = {
       connectionId: this.#id,
       peer,
       secure: false,
+      get closed() {
+        return isClosed();
+      },
       client: () => this.client(),
     };
     socket.setNoDelay(true);

@@ -72,6 +72,12 @@ export interface HopSession {
   /** The socket's peer: the previous hop (or the client itself at the first hop). */
   readonly peer: { address: string; port: number };
   readonly secure: boolean;
+  /**
+   * The connection is gone (the client hung up, timed out, or the server ended it): no reply can
+   * reach the client any more, so a data handler must not act on the message after that (the client
+   * saw no 250 and will send it again).
+   */
+  readonly closed: boolean;
   client(): ClientInfo;
 }
 
@@ -280,6 +286,8 @@ export class HopServer extends SMTPServer {
   readonly #proxyPeers: NetworkList;
   readonly #tx = new WeakMap<object, Transaction>();
   readonly #sessions = new WeakMap<SMTPServerSession, HopSession>();
+  /** Sessions whose connection closed. */
+  readonly closedSessions = new WeakSet<SMTPServerSession>();
 
   constructor(
     readonly hop: ListenerOptions,
@@ -317,12 +325,16 @@ export class HopServer extends SMTPServer {
   hopSession(raw: SMTPServerSession): HopSession {
     let s = this.#sessions.get(raw);
     if (!s) {
+      const closedSessions = this.closedSessions;
       const internals = raw as SMTPServerSession & { xForward?: Map<string, unknown> };
       s = {
         connectionId: raw.id,
         peer: { address: raw.remoteAddress, port: raw.remotePort },
         get secure() {
           return !!raw.secure;
+        },
+        get closed() {
+          return closedSessions.has(raw);
         },
         client: (): ClientInfo =>
           forwardedClient(internals.xForward, {
@@ -481,6 +493,7 @@ async function createSmtpServerListener(o: ListenerOptions): Promise<Listener> {
       });
     },
     onClose(raw) {
+      server.closedSessions.add(raw);
       server.endTransaction(raw, 'disconnect');
       handlers.close?.(server.hopSession(raw));
     },
