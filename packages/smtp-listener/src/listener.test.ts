@@ -288,6 +288,32 @@ describe('the error limit on the smtp-server engine (smtpd_hard_error_limit)', (
   });
 });
 
+describe('recipients past the limit on the smtp-server engine (smtpd_recipient_overshoot_limit)', () => {
+  it('answers them 452 without counting them as errors, so the message still goes to the first ones', async () => {
+    engine = 'smtp-server';
+    const l = await start({}, { errorLimit: 3, recipientLimit: 2 });
+    const r = await talk(l.address.port, [
+      'EHLO a.test',
+      'MAIL FROM:<a@b.test>',
+      ...Array.from({ length: 6 }, (_, i) => `RCPT TO:<u${i}@example.test>`),
+      'DATA',
+      'Subject: x\r\n\r\nhi\r\n.',
+      'QUIT',
+    ]);
+    expect(r.slice(3).map((x) => x.slice(0, 9))).toEqual([
+      '250 2.1.5',
+      '250 2.1.5',
+      '452 4.5.3',
+      '452 4.5.3',
+      '452 4.5.3',
+      '452 4.5.3',
+      '354 End d',
+      '250 2.0.0',
+      '221 2.0.0',
+    ]);
+  });
+});
+
 describe('closing the smtp-server engine with clients handed over to it', () => {
   it('answers idle sessions 421 at once, lets one in a transaction finish, and only then resolves', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moat-close-'));

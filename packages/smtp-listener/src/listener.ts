@@ -169,6 +169,10 @@ function uncorkTurn(): void {
 
 /** 4xx and 5xx replies of a session since it last had a message accepted (see `errorLimit`). */
 const sessionErrors = new WeakMap<object, number>();
+/** Recipients refused past the recipient limit, per session (see RECIPIENT_OVERSHOOT). */
+const overshoots = new WeakMap<object, number>();
+/** Excess recipients that do not count as errors (Postfix: smtpd_recipient_overshoot_limit). */
+const RECIPIENT_OVERSHOOT = 1000;
 
 /** Addresses whose command had a byte outside ASCII: they need MAIL ... SMTPUTF8 (RFC 6531). */
 const unicodeAddresses = new WeakSet<object>();
@@ -240,7 +244,13 @@ class HopConnection extends SMTPConnection {
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
     if (code >= 400 && code !== 421) {
       const session = (this as unknown as ConnectionInternals).session;
-      sessionErrors.set(session, (sessionErrors.get(session) ?? 0) + 1);
+      // recipients past recipientLimit are not errors until RECIPIENT_OVERSHOOT of them (Postfix's
+      // smtpd_recipient_overshoot_limit): a client pipelining more recipients than the limit gets 452
+      // for the excess and its message delivered to the first ones, not a 421 that loses them all
+      const overshoot = context === 'TOO_MANY_RECIPIENTS' ? (overshoots.get(session) ?? 0) + 1 : 0;
+      if (overshoot) overshoots.set(session, overshoot);
+      if (overshoot === 0 || overshoot > RECIPIENT_OVERSHOOT)
+        sessionErrors.set(session, (sessionErrors.get(session) ?? 0) + 1);
     }
     // Replies produced in one turn of the event loop (a pipelined XFORWARD, MAIL, RCPT, DATA) leave in
     // one write: each write on a no-delay socket is a syscall and a wake-up of the peer. One
