@@ -420,6 +420,30 @@ describe('the lean listener (internal hops)', () => {
     expect(Date.now() - t).toBeGreaterThanOrEqual(150);
   });
 
+  it('stops reading the commands of a client that never reads its replies', async () => {
+    const { port } = await start();
+    const socket = net.connect({ port, host: '127.0.0.1' });
+    socket.on('error', () => undefined);
+    socket.pause(); // the replies are never read
+    await new Promise((r) => socket.once('connect', r));
+    const chunk = Buffer.from('HELP\r\n'.repeat(64 * 1024));
+    let written = 0;
+    const taken = () => written - socket.writableLength;
+    // keep 4 MB in flight while the server takes them, for at most 4 s
+    const until = Date.now() + 4000;
+    while (Date.now() < until && taken() < 64 * 1024 * 1024) {
+      while (socket.writableLength < 4 * 1024 * 1024) {
+        socket.write(chunk);
+        written += chunk.length;
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    // without backpressure on its replies the server takes it all (64 MB of commands, and holds about
+    // ten times that in replies); with it, what the socket buffers hold
+    expect(taken()).toBeLessThan(16 * 1024 * 1024);
+    socket.destroy();
+  });
+
   it('tells a data handler still working that its client has gone (session.closed)', async () => {
     const seen: boolean[] = [];
     let release!: () => void;

@@ -230,6 +230,8 @@ class LeanConnection {
   #paused = false;
   /** The body stream is full: the socket stays paused until its reader wants more. */
   #bodyFull = false;
+  /** Our replies wait in the socket's buffer (the client does not read them): no reading until it drains. */
+  #outFull = false;
   #closed = false;
   #skipLine = false;
   #helo = '';
@@ -262,6 +264,11 @@ class LeanConnection {
     // idle too long: 421; still there an idle period after that (it never closed its side): gone
     socket.on('timeout', () => (this.#closed ? socket.destroy() : this.#fail(R.timeout)));
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
+    socket.on('drain', () => {
+      if (!this.#outFull) return;
+      this.#outFull = false;
+      this.#updatePause();
+    });
     socket.on('error', (err) => server.o.logger.debug({ err: err.message }, 'connection error'));
     socket.on('close', () => this.#onClose());
   }
@@ -318,7 +325,12 @@ class LeanConnection {
     this.#out = '';
     if (this.socket.destroyed) return;
     if (this.#endAfterFlush) this.socket.end(out);
-    else if (out) this.socket.write(out);
+    else if (out && !this.socket.write(out) && this.socket.writableLength > MAX_PENDING) {
+      // a client that pipelines commands and never reads the replies: stop reading its commands, or
+      // the replies would pile up in memory without bound
+      this.#outFull = true;
+      this.#updatePause();
+    }
   }
 
   /** A last reply, then the connection ends (after this turn's replies). */
@@ -379,7 +391,8 @@ class LeanConnection {
   /** Backpressure: no reading while the body's reader lags, or past MAX_PENDING while a handler works. */
   #updatePause(): void {
     const want =
-      !this.#closed && (this.#bodyFull || (this.#busy && (this.#pending?.length ?? 0) > MAX_PENDING));
+      !this.#closed &&
+      (this.#bodyFull || this.#outFull || (this.#busy && (this.#pending?.length ?? 0) > MAX_PENDING));
     if (want === this.#paused) return;
     this.#paused = want;
     if (want) this.socket.pause();
