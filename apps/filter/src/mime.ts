@@ -47,7 +47,12 @@ export interface WalkOptions {
   archiveMaxDepth: number;
   archiveMaxSize: number;
   archiveMaxFiles: number;
+  /** Bytes decompressed from archive entries per message, all archives together (amavis' $MAX_EXPANSION_QUOTA). */
+  archiveMaxExpansion?: number;
 }
+
+/** The default of filter.archiveMaxExpansion. */
+export const DEFAULT_MAX_EXPANSION = 100 * 1024 * 1024;
 
 const SNIFF_BYTES = 512;
 
@@ -58,6 +63,13 @@ const SNIFF_BYTES = 512;
  * all point at one stored copy it is a few kilobytes).
  */
 const entriesListed = new WeakMap<MimeSummary, number>();
+
+/**
+ * Bytes decompressed so far per walk, all archives together: entries may overlap (every entry of a
+ * zip pointing at one stored copy of a large one), so the entry budget alone still let a 12 MB message
+ * make filter decompress gigabytes.
+ */
+const bytesExpanded = new WeakMap<MimeSummary, number>();
 
 const sig = (bytes: number[] | string, at = 0) => ({
   bytes: typeof bytes === 'string' ? Buffer.from(bytes, 'latin1') : Buffer.from(bytes),
@@ -163,6 +175,14 @@ export async function walkZip(
       return false;
     }
     entriesListed.set(out, listed);
+    const quota = o.archiveMaxExpansion ?? DEFAULT_MAX_EXPANSION;
+    if ((bytesExpanded.get(out) ?? 0) > quota) {
+      out.notes.push(
+        `${label}: more than archiveMaxExpansion (${quota} bytes) decompressed in the message, rest not listed`,
+      );
+      return false;
+    }
+    const expanded = (buf: Buffer) => bytesExpanded.set(out, (bytesExpanded.get(out) ?? 0) + buf.length);
     const attrs: PartAttrs = { name: entry.fileName };
     const inner = [...chain, attrs];
     out.parts.push({ chain: inner });
@@ -185,6 +205,7 @@ export async function walkZip(
         stream,
         wantAll && /\.zip$/i.test(entry.fileName) ? o.archiveMaxSize : SNIFF_BYTES,
       );
+      expanded(head.buf);
       let content = head.buf;
       attrs.detected = detectType(content);
       if (attrs.detected === '.zip') {
@@ -197,6 +218,7 @@ export async function walkZip(
         if (head.more || content.length < entry.uncompressedSize) {
           const again = await entryStream(zip, entry);
           const all = await readUpTo(again, o.archiveMaxSize);
+          expanded(all.buf);
           if (all.more) {
             out.notes.push(`${label}/${entry.fileName}: larger than archiveMaxSize, not opened`);
             return true;

@@ -111,6 +111,7 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
     archiveMaxDepth: c.archiveMaxDepth,
     archiveMaxSize: c.archiveMaxSize,
     archiveMaxFiles: c.archiveMaxFiles,
+    archiveMaxExpansion: c.archiveMaxExpansion,
   };
   if (c.scannerFailure === 'pass')
     logger.warn('filter.scannerFailure is pass: mail is delivered unscanned (tagged) when a scanner fails');

@@ -135,7 +135,12 @@ describe('banned files and the MIME walk', () => {
     `${content.toString('base64').replace(/.{76}/g, '$&\r\n')}\r\n--b--\r\n`;
   const walk = (
     raw: string,
-    o: Partial<{ archiveMaxDepth: number; archiveMaxSize: number; archiveMaxFiles: number }> = {},
+    o: Partial<{
+      archiveMaxDepth: number;
+      archiveMaxSize: number;
+      archiveMaxFiles: number;
+      archiveMaxExpansion: number;
+    }> = {},
   ) =>
     walkMime(Readable.from([Buffer.from(raw, 'latin1')]), {
       archiveMaxDepth: 4,
@@ -143,6 +148,27 @@ describe('banned files and the MIME walk', () => {
       archiveMaxFiles: 100,
       ...o,
     });
+
+  // a zip whose n central-directory entries all point at one stored copy of `data` (overlapping
+  // entries, as in Fifield's zip bombs)
+  const overlapping = (n: number, suffix: string, data: Buffer) => {
+    const one = zip([{ name: `0${suffix}`, data }]);
+    const cdAt = one.readUInt32LE(one.length - 6);
+    const central = one.subarray(cdAt, one.length - 22);
+    const entries = Array.from({ length: n }, (_, i) => {
+      const c = Buffer.from(central.subarray(0, 46));
+      const name = Buffer.from(`${i}${suffix}`);
+      c.writeUInt16LE(name.length, 28);
+      return Buffer.concat([c, name]);
+    });
+    const cd = Buffer.concat(entries);
+    const end = Buffer.from(one.subarray(one.length - 22));
+    end.writeUInt16LE(n, 8);
+    end.writeUInt16LE(n, 10);
+    end.writeUInt32LE(cd.length, 12);
+    end.writeUInt32LE(cdAt, 16);
+    return Buffer.concat([one.subarray(0, cdAt), cd, end]);
+  };
 
   it("matches amavis' sample rules: double extensions, .pif/.scr, executables by magic bytes, MIME types", () => {
     const judge = (name: string) =>
@@ -209,26 +235,7 @@ describe('banned files and the MIME walk', () => {
   });
 
   it('lists no more than archiveMaxFiles entries in the whole message, nested archives together', async () => {
-    // a zip whose n central-directory entries all point at one stored copy of `data` (overlapping
-    // entries, as in Fifield's zip bombs): a few kilobytes, nested four deep, are n^4 entries
-    const overlapping = (n: number, suffix: string, data: Buffer) => {
-      const one = zip([{ name: `0${suffix}`, data }]);
-      const cdAt = one.readUInt32LE(one.length - 6);
-      const central = one.subarray(cdAt, one.length - 22);
-      const entries = Array.from({ length: n }, (_, i) => {
-        const c = Buffer.from(central.subarray(0, 46));
-        const name = Buffer.from(`${i}${suffix}`);
-        c.writeUInt16LE(name.length, 28);
-        return Buffer.concat([c, name]);
-      });
-      const cd = Buffer.concat(entries);
-      const end = Buffer.from(one.subarray(one.length - 22));
-      end.writeUInt16LE(n, 8);
-      end.writeUInt16LE(n, 10);
-      end.writeUInt32LE(cd.length, 12);
-      end.writeUInt32LE(cdAt, 16);
-      return Buffer.concat([one.subarray(0, cdAt), cd, end]);
-    };
+    // overlapping entries: a few kilobytes, nested four deep, are n^4 entries
     let bomb = overlapping(30, '.txt', Buffer.from('hello'));
     for (let level = 0; level < 3; level++) bomb = overlapping(30, '.zip', bomb);
     expect(bomb.length).toBeLessThan(10_000);
@@ -238,6 +245,22 @@ describe('banned files and the MIME walk', () => {
     // the message's own parts (text, bomb.zip) and at most archiveMaxFiles archive entries
     expect(r.parts.filter((p) => p.chain.length > 1).length).toBeLessThanOrEqual(100);
     expect(r.notes.join()).toMatch(/more than archiveMaxFiles \(100\) archive entries in the message/);
+  });
+
+  it('decompresses no more than archiveMaxExpansion bytes in the whole message', async () => {
+    // 50 entries that are all one stored 200 KB zip: 10 MB to decompress from a message of 200 KB
+    const big = zip([{ name: 'big.txt', data: Buffer.alloc(200_000, 0x61) }]);
+    const bomb = overlapping(50, '.zip', big);
+    expect(bomb.length).toBeLessThan(210_000);
+    const r = await walk(mail('bomb.zip', 'application/zip', bomb), {
+      archiveMaxFiles: 1000,
+      archiveMaxExpansion: 1_000_000,
+    });
+    expect(r.notes.join()).toMatch(
+      /more than archiveMaxExpansion \(1000000 bytes\) decompressed in the message, rest not listed/,
+    );
+    // each entry read costs about 400 KB (the zip, then its text): a few, not 50
+    expect(r.parts.filter((p) => p.chain.length === 2).length).toBeLessThan(6);
   });
 
   it('is unchecked, not clean, when the MIME walk stops before the end (more than 1000 parts)', async () => {

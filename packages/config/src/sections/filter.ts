@@ -170,6 +170,11 @@ export const filter = z
     archiveMaxSize: size('10MB'),
     /** Archive entries looked at per message, all archives and nesting levels together ($MAXFILES). */
     archiveMaxFiles: z.number().int().min(1).default(1000),
+    /**
+     * Bytes decompressed from archive entries per message, all archives together ($MAX_EXPANSION_QUOTA):
+     * past it the rest is not listed (clamd still scans the message).
+     */
+    archiveMaxExpansion: size('100MB'),
 
     // --- policy banks and bypass ---
     /** Per recipient domain: levels and destinies, e.g. `{ "lists.example.test": { killLevel: 12 } }`. */
