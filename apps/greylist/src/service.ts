@@ -102,6 +102,7 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
     messageSizeLimit: c.messageSizeLimit,
     recipientLimit: c.recipientLimit,
     errorLimit: c.hardErrorLimit,
+    maxClients: c.maxClients,
     idleTimeoutMs: c.idleTimeout,
     tls: { key: tls.key, cert: tls.cert },
     handover: config.screen.handover

@@ -815,6 +815,14 @@ export function refuseNotAPeer(socket: net.Socket, logger: Logger): void {
   closeWith(socket, r);
 }
 
+/** Logs a client turned away because `maxClients` sessions are open (both engines), as Postfix's master warns. */
+export function serverFull(o: ListenerOptions, client: string): void {
+  o.logger.warn(
+    { client, maxClients: o.maxClients },
+    `warning: service "${o.service}" has reached its client limit "${o.maxClients}": ${client} gets 421 4.3.2`,
+  );
+}
+
 /** Answers a connection with one reply before anything is read, and closes it (at the latest after 1 s). */
 export function closeWith(socket: net.Socket, r: Reply): void {
   socket.on('error', () => undefined);
@@ -839,6 +847,11 @@ export class LeanServer {
   #accept(socket: net.Socket): void {
     if (this.#peers && !this.#peers.has(socket.remoteAddress ?? '')) {
       refuseNotAPeer(socket, this.o.logger);
+      return;
+    }
+    if (this.o.maxClients && this.connections.size >= this.o.maxClients) {
+      serverFull(this.o, socket.remoteAddress ?? '');
+      closeWith(socket, listenerReplies.serverBusy());
       return;
     }
     const c = new LeanConnection(this, socket);

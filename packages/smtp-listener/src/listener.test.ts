@@ -244,6 +244,36 @@ describe('domains on the smtp-server engine (the public MX)', () => {
   });
 });
 
+describe.each(ENGINES)('the client limit (%s engine)', (name) => {
+  it('answers a client past maxClients 421 4.3.2 and closes it; a freed slot serves the next', async () => {
+    engine = name;
+    const l = await start({}, { maxClients: 2 });
+    const open = () =>
+      new Promise<{ socket: net.Socket; first: string; closed: Promise<void> }>((resolve, reject) => {
+        const socket = net.connect(l.address.port, '127.0.0.1');
+        const closed = new Promise<void>((r) => socket.once('close', () => r()));
+        socket.once('data', (d) => resolve({ socket, first: d.toString(), closed }));
+        socket.once('error', reject);
+      });
+    const a = await open();
+    const b = await open();
+    expect([a.first, b.first]).toEqual([
+      expect.stringMatching(/^220 mx\.example\.test ESMTP/),
+      expect.stringMatching(/^220 mx\.example\.test ESMTP/),
+    ]);
+    const c = await open();
+    expect(c.first).toBe('421 4.3.2 All server ports are busy\r\n');
+    await c.closed; // closed by the server
+    a.socket.destroy();
+    await a.closed;
+    await new Promise((r) => setTimeout(r, 50)); // the server has seen it go
+    const d = await open();
+    expect(d.first).toMatch(/^220 mx\.example\.test ESMTP/);
+    b.socket.destroy();
+    d.socket.destroy();
+  });
+});
+
 describe('the error limit on the smtp-server engine (smtpd_hard_error_limit)', () => {
   it('answers the command after the limit 421 4.7.0 and ends the session; an accepted message forgives', async () => {
     engine = 'smtp-server';

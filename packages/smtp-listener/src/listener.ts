@@ -47,6 +47,7 @@ import {
   hasRecipient,
   NON_ASCII,
   refuseNotAPeer,
+  serverFull,
   undeclaredUtf8,
 } from './lean.js';
 import { LineEndingNormalizer, MessageTooBig } from './line-endings.js';
@@ -133,6 +134,12 @@ export interface ListenerOptions {
    */
   errorLimit?: number;
   /**
+   * Sessions open at once (Postfix: the smtpd process limit, default_process_limit 100); past it a new
+   * client gets `421 4.3.2 All server ports are busy` (postscreen's words when smtpd is full) and is
+   * closed. 0 or absent: no limit.
+   */
+  maxClients?: number;
+  /**
    * `lean` (our own server, lean.ts) for the hops between Moat's services; `smtp-server` for the
    * public MX. Default: lean unless TLS, PROXY or handover is asked for.
    */
@@ -208,13 +215,11 @@ class HopConnection extends SMTPConnection {
   override init(): void {
     const self = this as unknown as ConnectionInternals;
     self._setListeners(() => {
-      const max = self._server.options.maxClients;
+      const max = self._server.hop.maxClients;
       if (max && self._server.connections.size > max) {
-        self.send(
-          421,
-          `${self._server.options.name} Too many connected clients, try again in a moment`,
-          false,
-        );
+        serverFull(self._server.hop, (this as unknown as { remoteAddress: string }).remoteAddress);
+        const r = listenerReplies.serverBusy();
+        self.send(r.code, r.lines[0], false); // a 421: smtp-server closes the connection
         return;
       }
       self.connectionReady();

@@ -47,6 +47,7 @@ export const listenerReplies = {
   messageTooBig: () => reply(552, '5.3.4', 'Message size exceeds fixed limit'),
   /** A handed-over client past its open-connection limit (postscreen's words for the same limit). */
   tooManyConnections: () => reply(421, '4.7.0', 'Error: too many connections'),
+  serverBusy: () => reply(421, '4.3.2', 'All server ports are busy'),
   shuttingDown: () => reply(421, '4.3.2', 'Service shutting down, closing transmission channel'),
   /** Postfix's smtpd, word for word: a non-ASCII address in a transaction without MAIL ... SMTPUTF8. */
   utf8Undeclared: () => reply(553, '5.6.7', 'Must declare SMTPUTF8 to send unicode address'),

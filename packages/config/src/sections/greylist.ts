@@ -35,6 +35,15 @@ export const greylist = z
      * smtpd_hard_error_limit, 20): relay probing and address harvesting stop there. 0: no limit.
      */
     hardErrorLimit: z.number().int().min(0).default(20),
+    /**
+     * Client sessions open at once, handed over and spliced together (Postfix: the smtpd process limit);
+     * past it a new client gets `421 4.3.2 All server ports are busy`, as postscreen says when smtpd is
+     * full. Postfix's default is 100 processes; a session here costs tens of kilobytes, so the default
+     * is 1000, which also keeps a flood of clients that pass screen from serving no one else. Keep it
+     * under half the process's open-file limit: a session in a transaction also holds a connection to
+     * filter.
+     */
+    maxClients: z.number().int().min(1).default(1000),
     /** Idle client between commands (Postfix: smtpd_timeout). */
     idleTimeout: timer('300s'),
 
