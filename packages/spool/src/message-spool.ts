@@ -77,7 +77,14 @@ export class MessageSpool {
     if (!this.#handle || !this.#chunks.length) return;
     const buf = Buffer.concat(this.#chunks);
     this.#chunks = [];
-    await this.#handle.write(buf);
+    // a write may take only part of the buffer (the disk filled up in the middle of it): write the
+    // rest, so the next write fails with the error (ENOSPC) instead of a silently shorter spool file,
+    // which was scanned and forwarded as if it were the whole message
+    for (let off = 0; off < buf.length;) {
+      const { bytesWritten } = await this.#handle.write(buf, off, buf.length - off);
+      if (bytesWritten <= 0) throw new Error(`${this.#file}: short write: ${off} of ${buf.length} bytes`);
+      off += bytesWritten;
+    }
   }
 
   /** The whole message in memory (only for messages that did not spill). */

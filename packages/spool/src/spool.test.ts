@@ -1,9 +1,10 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { removeOrphans, tmpName, writeDurable } from './durable.js';
 import { readEnvelopeHead, writeEnvelopeFile } from './envelope-file.js';
 import { MessageSpool, SPOOL_NAME } from './message-spool.js';
@@ -74,6 +75,34 @@ describe('MessageSpool', () => {
     expect(read).toBe(300 * 1024);
     await big.dispose();
     expect(fs.readdirSync(d)).toEqual([]);
+  });
+
+  it('fails and leaves no file when the disk fills up in the middle of a write (a short write)', async () => {
+    const d = dir();
+    const open = fsp.open;
+    // the disk takes half of the first write, then is full: what write(2) does on ENOSPC
+    const spy = vi.spyOn(fsp, 'open').mockImplementation(async (...args: Parameters<typeof open>) => {
+      const h = await open(...args);
+      const write = h.write.bind(h) as (b: Buffer, o: number, l: number) => Promise<{ bytesWritten: number }>;
+      let calls = 0;
+      Object.assign(h, {
+        write: async (buf: Buffer, off = 0, len = buf.length - off) => {
+          if (calls++ === 0) return write(buf, off, Math.ceil(len / 2));
+          throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+        },
+      });
+      return h;
+    });
+    try {
+      const chunk = Buffer.alloc(50 * 1024, 'x');
+      // before: resolved with a spool of 100 KB whose file held 50 KB, scanned and forwarded as whole
+      await expect(
+        MessageSpool.from(Readable.from([chunk, chunk]), { dir: d, memoryLimit: 1024 }),
+      ).rejects.toMatchObject({ code: 'ENOSPC' });
+      expect(fs.readdirSync(d)).toEqual([]);
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it('joins a message that came in pieces once, however often it is read', async () => {
