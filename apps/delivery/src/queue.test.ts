@@ -230,6 +230,45 @@ describe('accepting a message', () => {
     expect(maildirMessages(path.join(dir, 'mail'), 'h@example.test')).toHaveLength(1); // not twice
   });
 
+  it('tries a message left in active/ (its mailbox and deferred/ both failed) again at the queue run', async () => {
+    const dir = tmpDir('moat-queue-');
+    const q = queue(dir, 200);
+    await q.init();
+    // a full disk, as far as this message is concerned: one mailbox and deferred/ cannot be written
+    const broken = path.join(dir, 'mail', 'example.test', 'm');
+    fs.mkdirSync(broken, { recursive: true });
+    fs.writeFileSync(path.join(broken, 'tmp'), 'not a folder');
+    fs.rmSync(q.deferred, { recursive: true });
+    fs.writeFileSync(q.deferred, 'not a folder');
+    const h = head('STUCK', ['m@example.test', 'n@example.test']);
+    const accepted = await q.accept(h, body());
+    q.settle(h, accepted);
+    await waitFor(
+      () => maildirMessages(path.join(dir, 'mail'), 'n@example.test').length === 1 || undefined,
+      3000,
+      'n to get its copy',
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    expect(fs.readdirSync(q.active)).toContain('STUCK');
+    // space again: the next queue run delivers m, without a restart (before: only at the next start-up)
+    fs.rmSync(q.deferred);
+    fs.mkdirSync(q.deferred);
+    fs.rmSync(path.join(broken, 'tmp'));
+    await waitFor(
+      () => maildirMessages(path.join(dir, 'mail'), 'm@example.test').length === 1 || undefined,
+      3000,
+      'the queue run to deliver m',
+    );
+    await waitFor(
+      () => fs.readdirSync(q.active).length === 0 || undefined,
+      3000,
+      'the active queue to empty',
+    );
+    await q.drain();
+    expect(maildirMessages(path.join(dir, 'mail'), 'n@example.test')).toHaveLength(1); // not twice
+    expect(fs.readdirSync(q.deferred)).toEqual([]);
+  });
+
   it('skips, on a deferred retry, the recipients noted as done by a retry a crash cut short', async () => {
     const dir = tmpDir('moat-queue-');
     const deferred = path.join(dir, 'queue', 'deferred');

@@ -18,6 +18,8 @@
  * is left in active/ (a crash between the 250 and the Maildir) is delivered again: at least once. Each
  * recipient's copy is noted in active/.<id>.done once durable, and a recovery skips those: a crash
  * mid-way does not give every recipient a second copy (a system crash may lose the unsynced note).
+ * A delivery that fails altogether (a local copy failed and deferred/ cannot be written either: the disk
+ * is full) leaves the file in active/ and is tried again at each queue run, not only at a restart.
  * Durable writes go through `write` (delivery passes its DurableWriter's; default writeDurable).
  */
 import fsp from 'node:fs/promises';
@@ -92,6 +94,11 @@ export class Queue {
   #inflight = new Set<Promise<void>>();
   #queueRun: Promise<void> | undefined;
   #stopped = false;
+  /**
+   * Messages of active/ whose delivery failed (the Maildir and deferred/ both unwritable: a full disk),
+   * with the recipients that got their copy before it did: tried again at the next queue run.
+   */
+  readonly #stranded = new Map<string, Set<string>>();
   readonly #local: Set<string>;
 
   constructor(readonly o: QueueOptions) {
@@ -200,9 +207,16 @@ export class Queue {
 
   /** Delivers a queued message in the background (from `copy` when given). */
   schedule(id: string, queued?: { head: QueueHead; copy: Buffer | undefined }): void {
-    const p = this.#withSlot(() => this.#deliver(id, queued)).catch((err: unknown) =>
-      this.o.logger.error({ id, err }, 'delivery failed; message stays in the active queue until restart'),
-    );
+    const reached = this.#stranded.get(id) ?? new Set<string>();
+    this.#stranded.delete(id);
+    const p = this.#withSlot(() => this.#deliver(id, queued, reached)).catch((err: unknown) => {
+      // the file stays in active/; tried again at each queue run (a disk that was full has room again)
+      this.#stranded.set(id, reached);
+      this.o.logger.error(
+        { id, err },
+        'delivery failed; message stays in the active queue, tried again at the next queue run',
+      );
+    });
     this.#inflight.add(p);
     void p.finally(() => this.#inflight.delete(p));
   }
@@ -219,7 +233,11 @@ export class Queue {
     }
   }
 
-  async #deliver(id: string, queued?: { head: QueueHead; copy: Buffer | undefined }): Promise<void> {
+  async #deliver(
+    id: string,
+    queued?: { head: QueueHead; copy: Buffer | undefined },
+    reached: Set<string> = new Set(),
+  ): Promise<void> {
     const file = path.join(this.active, id);
     if (id.endsWith(MAILDIR_FORM)) return this.#deliverLinked(id.slice(0, -MAILDIR_FORM.length), file);
     let head: QueueHead;
@@ -235,9 +253,11 @@ export class Queue {
     const remote = head.rcpt.filter((r) => !this.isLocal(r));
     // recipients an earlier delivery of this file (before a crash) already gave their copy to
     const doneFile = path.join(this.active, doneName(id));
-    const done = new Set(
-      queued ? [] : (await fsp.readFile(doneFile, 'utf8').catch(() => '')).split('\n').filter(Boolean),
-    );
+    const done = new Set([
+      // those reached by an earlier attempt of this process (whose note may not have been written)
+      ...reached,
+      ...(queued ? [] : (await fsp.readFile(doneFile, 'utf8').catch(() => '')).split('\n').filter(Boolean)),
+    ]);
     if (done.size)
       this.o.logger.info({ id, done: [...done] }, 'recovering: these recipients already have their copy');
     const failed = await this.#deliverLocal(
@@ -247,7 +267,10 @@ export class Queue {
       () => (Buffer.isBuffer(message) ? message : message()),
       // each copy noted once durable, so a crash before the queue file goes does not copy it again;
       // not fsynced: it holds across a process crash, and after a system crash a duplicate is the cost
-      (rcpt) => fsp.appendFile(doneFile, `${rcpt}\n`).catch(() => undefined),
+      (rcpt) => {
+        reached.add(rcpt);
+        return fsp.appendFile(doneFile, `${rcpt}\n`).catch(() => undefined);
+      },
     );
     if (remote.length || failed.length) {
       const deferredHead: QueueHead = {
@@ -334,6 +357,7 @@ export class Queue {
   }
 
   async #retryDeferred(): Promise<void> {
+    for (const id of [...this.#stranded.keys()]) if (!this.#stopped) this.schedule(id);
     const names = (await fsp.readdir(this.deferred).catch(() => [] as string[])).filter(
       (n) => !n.startsWith('.'),
     );
