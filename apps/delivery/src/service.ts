@@ -56,8 +56,9 @@ export async function startDelivery(config: Readonly<MoatConfig>, logger: Logger
           accepted = await queue.accept(head, [received, body]);
         } catch (err) {
           // the body's own error (the client left, or the size limit): nothing to report of the disk.
-          // A failed write leaves the body destroyed too, but without an error of its own
-          if (body.errored) {
+          // A write that fails while it streams the body (ENOSPC mid-message) leaves the body destroyed
+          // with an AbortError of its own: the error thrown is then the disk's, and is what is logged
+          if (body.errored && err === body.errored) {
             logger.info(
               { id: tx.id, client: client.address, err: body.errored.message },
               'message not received in full; nothing queued',
