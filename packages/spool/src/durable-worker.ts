@@ -73,7 +73,7 @@ function runBatch(): void {
     } catch (err) {
       for (const job of list) {
         removeQuietly(job.final);
-        results.push(failure(job, err));
+        results.push(failure(job, err, dir));
       }
     }
   }
@@ -102,7 +102,7 @@ function writeGroup(group: readonly WriteJob[], results: JobResult[]): WriteJob[
     } catch (err) {
       if (fd !== undefined) closeQuietly(fd);
       removeQuietly(job.tmp);
-      results.push(failure(job, err));
+      results.push(failure(job, err, job.tmp));
     }
   }
   const synced: WriteJob[] = [];
@@ -116,7 +116,7 @@ function writeGroup(group: readonly WriteJob[], results: JobResult[]): WriteJob[
       synced.push(job);
     } catch (err) {
       removeQuietly(job.tmp);
-      results.push(failure(job, err));
+      results.push(failure(job, err, job.tmp));
     }
   }
   const renamed: WriteJob[] = [];
@@ -126,7 +126,7 @@ function writeGroup(group: readonly WriteJob[], results: JobResult[]): WriteJob[
       renamed.push(job);
     } catch (err) {
       removeQuietly(job.tmp);
-      results.push(failure(job, err));
+      results.push(failure(job, err, job.tmp));
     }
   }
   return renamed;
@@ -170,7 +170,10 @@ function closeQuietly(fd: number): void {
   }
 }
 
-function failure(job: WriteJob, err: unknown): JobResult {
+/** The error of one job; a system call's error that names no file (write, fsync) gets `file`. */
+function failure(job: WriteJob, err: unknown, file: string): JobResult {
   const e = err as NodeJS.ErrnoException;
-  return { id: job.id, ok: false, message: e?.message ?? String(err), code: e?.code };
+  const message = e?.message ?? String(err);
+  const unnamed = typeof e?.syscall === 'string' && !e.path;
+  return { id: job.id, ok: false, message: unnamed ? `${message} '${file}'` : message, code: e?.code };
 }

@@ -17,6 +17,7 @@ import { promisify } from 'node:util';
 // fs/promises' FileHandle objects (one of the costs a delivery profile showed).
 const open = promisify(fs.open);
 const writev = promisify(fs.writev);
+const write = promisify(fs.write);
 const fsync = promisify(fs.fsync);
 const close = promisify(fs.close);
 const rename = promisify(fs.rename);
@@ -160,8 +161,16 @@ export const writeDurable: DurableWrite = async (dir, name, parts, opts = {}) =>
       pendingBytes = 0;
       const expected = bufs.reduce((n, b) => n + b.length, 0);
       const { bytesWritten: written } = await writev(fd, bufs);
-      // regular files take everything or fail; anything else is a failure, not a short message
-      if (written !== expected) throw new Error(`short write: ${written} of ${expected} bytes`);
+      if (written === expected) return;
+      // the disk filled up in the middle of it (write(2) takes what fits and returns the count): the
+      // rest is written on, so the error that stops it (ENOSPC, EFBIG, EIO) is the one thrown and
+      // logged, not a bare byte count
+      let rest = Buffer.concat(bufs).subarray(written);
+      while (rest.length) {
+        const { bytesWritten: n } = await write(fd, rest, 0, rest.length, null);
+        if (n <= 0) throw new Error(`short write: ${expected - rest.length} of ${expected} bytes`);
+        rest = rest.subarray(n);
+      }
     };
     for (const part of parts) {
       if (Buffer.isBuffer(part)) {
@@ -187,7 +196,7 @@ export const writeDurable: DurableWrite = async (dir, name, parts, opts = {}) =>
   });
   if (failed) {
     await unlink(tmp).catch(() => undefined);
-    throw failure;
+    throw withPath(failure, tmp);
   }
   const final = path.join(dir, finalName(name, bytes));
   try {
@@ -199,6 +208,19 @@ export const writeDurable: DurableWrite = async (dir, name, parts, opts = {}) =>
   await syncDir(dir);
   return { path: final, bytes };
 };
+
+/**
+ * A system call's error without its file (write, fsync, close: Node names none) gets the file it was
+ * writing, so the log says where the disk failed. Other errors (the body's own) are left as they are.
+ */
+function withPath(err: unknown, file: string): unknown {
+  const e = err as NodeJS.ErrnoException | null;
+  if (e instanceof Error && typeof e.syscall === 'string' && !e.path) {
+    e.path = file;
+    e.message += ` '${file}'`;
+  }
+  return err;
+}
 
 /** Renames durably (both directories fsynced when they differ). */
 export async function renameDurable(from: string, to: string): Promise<void> {

@@ -44,6 +44,44 @@ describe('writeDurable', () => {
   });
 });
 
+describe('a write the disk cannot take in full (ENOSPC, or here EFBIG past the file size limit)', () => {
+  it("fails with the disk's error code and the file's path, and leaves nothing", () => {
+    const d = dir();
+    // in a process whose files may not exceed 64 KB (ulimit -f; Node ignores SIGXFSZ): write(2) takes
+    // what fits and returns the count, the next write fails, as on a disk that fills up mid-message
+    const dist = new URL('../dist/index.js', import.meta.url).href;
+    const script = `
+      import { Readable } from 'node:stream';
+      import { DurableWriter, writeDurable } from '${dist}';
+      const big = Buffer.alloc(200 * 1024, 'x');
+      const out = {};
+      const w = new DurableWriter();
+      for (const [how, fn] of [
+        ['stream', () => writeDurable(process.argv[2], 'a', [Readable.from([big])])],
+        ['worker', () => w.write(process.argv[2], 'b', [big])],
+      ]) {
+        await fn().then(() => (out[how] = 'written'), (e) => (out[how] = { code: e.code, message: e.message }));
+      }
+      await w.close();
+      console.log(JSON.stringify(out));`;
+    // a file, not -e: the worker thread would inherit --input-type
+    const file = path.join(dir(), 'write.mjs');
+    fs.writeFileSync(file, script);
+    const r = spawnSync('sh', ['-c', 'ulimit -f 128 && exec "$0" "$1" "$2"', process.execPath, file, d], {
+      encoding: 'utf8',
+    });
+    expect(r.stderr).toBe('');
+    const out = JSON.parse(r.stdout) as Record<string, { code: string; message: string }>;
+    // before: the streamed write failed with 'short write: 65536 of 204800 bytes' (no code, no file),
+    // the worker's with 'EFBIG: file too large, write' (no file)
+    for (const how of ['stream', 'worker']) {
+      expect(out[how]?.code).toBe('EFBIG');
+      expect(out[how]?.message).toContain(d);
+    }
+    expect(fs.readdirSync(d)).toEqual([]);
+  });
+});
+
 describe('envelope files', () => {
   it('keep the envelope line and the message together', async () => {
     const d = dir();
