@@ -21,6 +21,8 @@ export const filterReplies = {
   /** Quarantine did not take the message: nobody is answered 5xx or 250 without the copy kept. */
   quarantineFailed: (id: string) =>
     reply(451, '4.3.0', `Error: quarantine unavailable, try again later, id=${id}`),
+  /** The message could not be spooled (the disk is full or failing): nothing was scanned or forwarded. */
+  spoolFailed: (id: string) => reply(451, '4.3.0', `Error: spool write error, try again later, id=${id}`),
   /** The previous hop left before the verdict: nothing was forwarded (nobody reads this reply). */
   clientGone: (id: string) => reply(451, '4.4.2', `Error: connection lost before the verdict, id=${id}`),
 } as const satisfies Record<string, (...args: never[]) => Reply>;

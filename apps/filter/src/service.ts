@@ -190,11 +190,20 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
         try {
           spool = await MessageSpool.from(body, { dir: spoolDir, memoryLimit: c.spoolMemoryLimit });
         } catch (err) {
-          logger.info(
-            { id: tx.id, client: client.address, err: (err as Error).message },
-            'message not received in full; nothing forwarded',
+          // the body's own error (the client left, the size limit): the listener answers, if anyone is
+          // there. Otherwise the spool could not be written (the disk is full): that is the operator's
+          if (body.errored && err === body.errored) {
+            logger.info(
+              { id: tx.id, client: client.address, err: (err as Error).message },
+              'message not received in full; nothing forwarded',
+            );
+            throw err;
+          }
+          logger.error(
+            { id: tx.id, client: client.address, dir: spoolDir, err: (err as Error).message },
+            'spool write failed; nothing forwarded',
           );
-          throw err;
+          return filterReplies.spoolFailed(tx.id);
         }
         try {
           const spooledMs = Math.round(performance.now() - started);

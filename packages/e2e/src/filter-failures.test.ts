@@ -95,6 +95,38 @@ describe('limits', () => {
   }, 60_000);
 });
 
+describe('the spool', () => {
+  it('cannot be written (a file where its folder should be): 451 4.3.0, logged with the error, nothing delivered', async () => {
+    const spoolDir = path.join(chain.dataDir, 'filter');
+    fs.rmSync(spoolDir, { recursive: true, force: true });
+    fs.writeFileSync(spoolDir, 'not a folder');
+    try {
+      // past spoolMemoryLimit (256 KB): the message goes to disk
+      const reply = await sendTo(
+        'nospool@example.test',
+        message({ body: 'x'.repeat(76).concat('\r\n').repeat(5000) }),
+      );
+      expect(reply).toMatch(/^451 4\.3\.0 Error: spool write error, try again later, id=\w+$/);
+      const log = await chain
+        .service('filter')
+        .waitForLog((l) => l.msg === 'spool write failed; nothing forwarded');
+      expect(log).toMatchObject({
+        level: 'error',
+        dir: spoolDir,
+        err: expect.stringMatching(/^(EEXIST|ENOTDIR)/),
+      });
+      await new Promise((r) => setTimeout(r, 300));
+      expect(maildirMessages(chain.maildir, 'nospool@example.test')).toHaveLength(0);
+    } finally {
+      fs.rmSync(spoolDir, { force: true });
+    }
+    // the folder is made again on the next message that needs it
+    expect(
+      await sendTo('nospool@example.test', message({ body: 'x'.repeat(76).concat('\r\n').repeat(5000) })),
+    ).toMatch(/^250 2\.0\.0 Ok: queued as /);
+  });
+});
+
 describe('scanners down', () => {
   it('spamd stopped: 451 4.3.0 UNCHECKED, nothing delivered', async () => {
     await spamd.stop();
