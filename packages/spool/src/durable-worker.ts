@@ -52,6 +52,9 @@ port.on('message', (jobs: WriteJob[]) => {
   }
 });
 
+/** Jobs whose rename replaced an existing file (a deferred file rewritten with fewer recipients). */
+const replacing = new WeakSet<WriteJob>();
+
 function runBatch(): void {
   scheduled = false;
   const jobs = queue.splice(0);
@@ -72,7 +75,10 @@ function runBatch(): void {
       for (const job of list) results.push({ id: job.id, ok: true });
     } catch (err) {
       for (const job of list) {
-        removeQuietly(job.final);
+        // a new name goes (the caller answers 4xx; left, it would be a second copy of a message sent
+        // again); one that replaced a file stays: the file it replaced is gone, and what is there now
+        // is the newer state
+        if (!replacing.has(job)) removeQuietly(job.final);
         results.push(failure(job, err, dir));
       }
     }
@@ -122,6 +128,7 @@ function writeGroup(group: readonly WriteJob[], results: JobResult[]): WriteJob[
   const renamed: WriteJob[] = [];
   for (const job of synced) {
     try {
+      if (fs.existsSync(job.final)) replacing.add(job);
       fs.renameSync(job.tmp, job.final);
       renamed.push(job);
     } catch (err) {

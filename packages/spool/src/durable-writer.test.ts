@@ -26,6 +26,27 @@ afterEach(async () => {
 });
 
 describe('DurableWriter', () => {
+  it('with a folder that cannot be fsynced (EIO): fails, removes a new file, keeps one that replaced another', async () => {
+    const d = dir();
+    fs.writeFileSync(path.join(d, 'old'), 'older');
+    // the real worker, with opening a directory (for its fsync) failing as a dying disk would
+    const failingDirs = script(`
+      import fs from 'node:fs';
+      const open = fs.openSync;
+      fs.openSync = (file, flags, ...rest) => {
+        if (typeof flags === 'number' && flags & fs.constants.O_DIRECTORY)
+          throw Object.assign(new Error('EIO: i/o error, open'), { code: 'EIO', syscall: 'open' });
+        return open(file, flags, ...rest);
+      };
+      await import(${JSON.stringify(new URL('../dist/durable-worker.js', import.meta.url).href)});
+    `);
+    const { w } = writer({ workerUrl: failingDirs });
+    await expect(w.write(d, 'new', [Buffer.from('new')])).rejects.toMatchObject({ code: 'EIO' });
+    await expect(w.write(d, 'old', [Buffer.from('newer')])).rejects.toMatchObject({ code: 'EIO' });
+    expect(fs.readdirSync(d)).toEqual(['old']);
+    expect(fs.readFileSync(path.join(d, 'old'), 'utf8')).toBe('newer');
+  });
+
   it('writes buffers and streams in order under the final name only, through the worker', async () => {
     const d = dir();
     const { w, batches } = writer();

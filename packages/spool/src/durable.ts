@@ -199,13 +199,22 @@ export const writeDurable: DurableWrite = async (dir, name, parts, opts = {}) =>
     throw withPath(failure, tmp);
   }
   const final = path.join(dir, finalName(name, bytes));
+  const replacing = fs.existsSync(final);
   try {
     await rename(tmp, final);
   } catch (err) {
     await unlink(tmp).catch(() => undefined);
     throw err;
   }
-  await syncDir(dir);
+  try {
+    await syncDir(dir);
+  } catch (err) {
+    // the rename may not survive a crash, and the caller answers 4xx: a new name goes, or a message the
+    // client sends again would be there twice; one that replaced a file stays, as the file it replaced
+    // is gone and this is the newer state (the worker thread does the same)
+    if (!replacing) await unlink(final).catch(() => undefined);
+    throw withPath(err, dir);
+  }
   return { path: final, bytes };
 };
 
