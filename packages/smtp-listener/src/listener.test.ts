@@ -5,7 +5,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ConfigError } from '@moat/config';
 import { handOver } from '@moat/handover';
-import { silentLogger } from '@moat/log';
+import { memoryLogger, silentLogger } from '@moat/log';
 import { createListener, type HopHandlers, type Listener } from './listener.js';
 import { reply } from './replies.js';
 import { ensureTlsCertificate } from './tls.js';
@@ -459,5 +459,30 @@ describe('ensureTlsCertificate', () => {
     } finally {
       fs.rmSync(dataDir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('what the smtp-server engine logs of its own refusals', () => {
+  it('logs the session ended by the error limit: client, errors and the 421, once', async () => {
+    engine = 'smtp-server';
+    const { logger, lines } = memoryLogger();
+    const l = await start({ rcptTo: () => reply(550, '5.1.1', 'User unknown') }, { errorLimit: 2, logger });
+    const r = await talk(l.address.port, [
+      'EHLO a.test',
+      'MAIL FROM:<a@b.test>',
+      'RCPT TO:<x@example.test>',
+      'RCPT TO:<y@example.test>',
+      'RCPT TO:<z@example.test>',
+    ]);
+    expect(r.at(-1)).toBe('421 4.7.0 mx.example.test Error: too many errors');
+    const limit = lines.filter((x) => /too many errors/.test(x.msg));
+    expect(limit).toHaveLength(1);
+    expect(limit[0]).toMatchObject({
+      level: 30,
+      client: '127.0.0.1',
+      errors: 2,
+      reply: '421 4.7.0 mx.example.test Error: too many errors',
+    });
+    expect(limit[0]!.msg).toMatch(/^too many errors after RCPT from \[127\.0\.0\.1\]:\d+$/);
   });
 });

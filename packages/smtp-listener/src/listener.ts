@@ -238,7 +238,15 @@ class HopConnection extends SMTPConnection {
     const self = this as unknown as ConnectionInternals & { _upgrading?: boolean; close(): void };
     const limit = self._server.hop.errorLimit ?? 0;
     if (limit > 0 && !self._upgrading && (sessionErrors.get(self.session) ?? 0) >= limit) {
-      self.send(421, `4.7.0 ${self._server.hop.hostname} Error: too many errors`, false);
+      const text = `4.7.0 ${self._server.hop.hostname} Error: too many errors`;
+      // Postfix's "too many errors after RCPT from host[ip]": the one line saying why the session ended
+      const { remoteAddress: ip, remotePort: port } = self.session;
+      const after = /^\s*([A-Za-z]+)/.exec(command.toString('latin1'))?.[1] ?? 'CONNECT';
+      self._server.hop.logger.info(
+        { client: ip, port, errors: sessionErrors.get(self.session), reply: `421 ${text}` },
+        `too many errors after ${after.toUpperCase()} from [${ip}]:${port}`,
+      );
+      self.send(421, text, false);
       self.close();
       callback?.();
       return;
