@@ -486,3 +486,29 @@ describe('what the smtp-server engine logs of its own refusals', () => {
     expect(limit[0]!.msg).toMatch(/^too many errors after RCPT from \[127\.0\.0\.1\]:\d+$/);
   });
 });
+
+describe('recipients past the limit are logged (smtp-server engine)', () => {
+  it('logs each recipient refused 452 with the transaction id, client, sender and reply', async () => {
+    engine = 'smtp-server';
+    const { logger, lines } = memoryLogger();
+    const l = await start({}, { recipientLimit: 1, logger });
+    const r = await talk(l.address.port, [
+      'EHLO a.test',
+      'MAIL FROM:<a@b.test>',
+      'RCPT TO:<u0@example.test>',
+      'RCPT TO:<u1@example.test>',
+      'QUIT',
+    ]);
+    expect(r[4]).toBe('452 4.5.3 Error: too many recipients');
+    const refused = lines.filter((x) => x.msg === 'NOQUEUE: reject: RCPT');
+    expect(refused).toHaveLength(1);
+    expect(refused[0]).toMatchObject({
+      level: 30,
+      client: '127.0.0.1',
+      from: 'a@b.test',
+      to: 'u1@example.test',
+      reply: '452 4.5.3 Error: too many recipients',
+    });
+    expect(refused[0]!.id).toMatch(/^\w+$/);
+  });
+});

@@ -209,6 +209,7 @@ class HopConnection extends SMTPConnection {
       parsed.address = `${parsed.address.slice(0, at)}@${ascii}`;
     }
     if (NON_ASCII.test(command)) unicodeAddresses.add(parsed);
+    if (/^RCPT/i.test(rawName)) this.#lastRcpt = parsed.address;
     return parsed;
   }
 
@@ -227,6 +228,8 @@ class HopConnection extends SMTPConnection {
   }
 
   #corked: net.Socket | undefined;
+  /** The address of the RCPT command being answered (for the log line of a refusal smtp-server makes itself). */
+  #lastRcpt = '';
 
   releaseCork(): void {
     const socket = this.#corked;
@@ -261,6 +264,22 @@ class HopConnection extends SMTPConnection {
       // smtpd_recipient_overshoot_limit): a client pipelining more recipients than the limit gets 452
       // for the excess and its message delivered to the first ones, not a 421 that loses them all
       const overshoot = context === 'TOO_MANY_RECIPIENTS' ? (overshoots.get(session) ?? 0) + 1 : 0;
+      // smtp-server refuses these itself, before any handler sees them: without this line a recipient
+      // past the limit is in no log, and nobody can tell why it never got the message
+      if (overshoot) {
+        const server = (this as unknown as ConnectionInternals)._server;
+        server.hop.logger.info(
+          {
+            id: server.transaction(session)?.id,
+            client: session.remoteAddress,
+            from: session.envelope?.mailFrom ? session.envelope.mailFrom.address : undefined,
+            to: this.#lastRcpt,
+            why: `more than recipientLimit (${server.hop.recipientLimit})`,
+            reply: `${code} 4.5.3 ${String(data)}`,
+          },
+          'NOQUEUE: reject: RCPT',
+        );
+      }
       if (overshoot) overshoots.set(session, overshoot);
       if (overshoot === 0 || overshoot > RECIPIENT_OVERSHOOT)
         sessionErrors.set(session, (sessionErrors.get(session) ?? 0) + 1);
