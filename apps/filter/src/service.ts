@@ -190,14 +190,15 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
         try {
           spool = await MessageSpool.from(body, { dir: spoolDir, memoryLimit: c.spoolMemoryLimit });
         } catch (err) {
-          // the body's own error (the client left, the size limit): the listener answers, if anyone is
-          // there. Otherwise the spool could not be written (the disk is full): that is the operator's
-          if (body.errored && err === body.errored) {
+          // the body's own error (the previous hop aborted it: its client went over the size limit or
+          // left; the listener answers if anyone is there): logged once, here, not as an error with a
+          // stack. Otherwise the spool could not be written (the disk is full): that is the operator's
+          if ((body.errored && err === body.errored) || session.closed) {
             logger.info(
-              { id: tx.id, client: client.address, err: (err as Error).message },
+              { id: tx.id, ident: client.ident, client: client.address, err: (err as Error).message },
               'message not received in full; nothing forwarded',
             );
-            throw err;
+            return filterReplies.clientGone(tx.id);
           }
           logger.error(
             { id: tx.id, client: client.address, dir: spoolDir, err: (err as Error).message },

@@ -25,6 +25,8 @@ import {
   createListener,
   ensureTlsCertificate,
   hopReceived,
+  listenerReplies,
+  MessageTooBig,
   type Reply,
   type Transaction,
 } from '@moat/smtp-listener';
@@ -191,11 +193,32 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
             reserved,
           );
         } catch (err) {
+          if (err instanceof MessageTooBig || body.errored instanceof MessageTooBig) {
+            // an outcome the client is told of (the listener answers 552), not our failure: one line with
+            // the envelope and the reply, as for any message not accepted, and no error with a stack trace
+            const r = listenerReplies.messageTooBig();
+            logger.info(
+              {
+                id: tx.id,
+                client: client.address,
+                helo: client.helo,
+                from: tx.mailFrom.address,
+                to: rcpt,
+                size: info.bytes(),
+                why: `larger than messageSizeLimit (${c.messageSizeLimit})`,
+                reply: `${r.code} ${r.lines.join(' / ')}`,
+              },
+              'not accepted',
+            );
+            return r;
+          }
           if (!(err instanceof RelayError)) {
             logger.info(
               { id: tx.id, client: client.address, err: (err as Error).message },
               'message not received in full; filter transaction aborted',
             );
+            // the client left mid-DATA: logged above, once; no second line as an error with a stack
+            if (body.errored) return listenerReplies.internalError();
             throw err;
           }
           r = fail(tx.id, 'DATA', err);

@@ -185,6 +185,29 @@ describe('greylist in front of a misbehaving filter', () => {
     await c.quit();
   });
 
+  it('logs a message over the size limit once, with its envelope and the 552, and no error', async () => {
+    const logs = chain.service('greylist').logs;
+    const before = logs.length;
+    const c = await session(chain.ports.screen);
+    const r = await c.send(FROM, [TO], message({ body: ('y'.repeat(998) + '\r\n').repeat(30) }));
+    expect(r.final?.text).toBe('552 5.3.4 Message size exceeds fixed limit');
+    await c.quit();
+    const line = await chain
+      .service('greylist')
+      .waitForLog((l) => logs.indexOf(l) >= before && l.msg === 'not accepted', 3000, 'the line');
+    expect(line).toMatchObject({
+      level: 'info',
+      client: '127.0.0.1',
+      from: FROM,
+      to: [TO],
+      reply: '552 5.3.4 Message size exceeds fixed limit',
+    });
+    await new Promise((res) => setTimeout(res, 200));
+    const after = logs.slice(before);
+    expect(after.filter((l) => l.level === 'error' || l.level === 'fatal')).toEqual([]);
+    expect(after.filter((l) => l.id === line.id)).toHaveLength(1);
+  });
+
   it('refuses XFORWARD from the outside', async () => {
     const c = await session(chain.ports.screen);
     expect((await c.cmd('XFORWARD ADDR=192.0.2.1')).text).toBe('550 5.7.0 Error: Not allowed');
@@ -313,7 +336,21 @@ describe('the real chain', () => {
     await chain
       .service('greylist')
       .waitForLog((l) => l.msg === 'message not received in full; filter transaction aborted', 5000);
+    // the same at filter, when the previous hop leaves in the middle of the body
+    const f = await session(chain.ports.filter);
+    await f.cmd(`MAIL FROM:<${FROM}>`);
+    await f.cmd('RCPT TO:<halfway@example.test>');
+    expect((await f.cmd('DATA')).code).toBe(354);
+    f.write(message({ body: 'first half\r\n'.repeat(1000) }));
+    await new Promise((r) => setTimeout(r, 300));
+    f.destroy();
+    await chain
+      .service('filter')
+      .waitForLog((l) => l.msg === 'message not received in full; nothing forwarded', 5000);
     await new Promise((r) => setTimeout(r, 500));
+    // an aborted message is an outcome, logged once per hop: not also an error with a stack trace
+    for (const s of ['greylist', 'filter'] as const)
+      expect(chain.service(s).logs.filter((l) => l.level === 'error')).toEqual([]);
     expect(maildirMessages(chain.maildir, 'halfway@example.test')).toHaveLength(0);
     expect(filesUnder(path.join(chain.dataDir, 'queue'))).toEqual([]);
     expect(filesUnder(path.join(chain.dataDir, 'filter'))).toEqual([]);
