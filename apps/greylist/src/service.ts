@@ -85,9 +85,22 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
   const grey = await setupGreylisting(config, logger);
   const policy = c.policyListen ? await startPolicyServer(config, grey.engine, logger) : undefined;
   const filter = poolFor('filter', c.next, c, config.hostname, logger);
-  const fail = (id: string, stage: string, err: unknown): Reply => {
+  const fail = (tx: Transaction, stage: string, err: unknown): Reply => {
     if (err instanceof RelayError) {
-      logger.warn({ id, stage, next: err.target, err: err.message }, 'filter failed');
+      // the client's side too: who was refused, for which message, and with what reply
+      logger.warn(
+        {
+          id: tx.id,
+          client: tx.client.address,
+          from: tx.mailFrom.address,
+          to: tx.rcptTo.length ? tx.rcptTo.map((r) => r.address) : undefined,
+          stage,
+          next: err.target,
+          err: err.message,
+          reply: `${err.reply.code} ${err.reply.lines.join(' / ')}`,
+        },
+        'filter failed',
+      );
       return err.reply;
     }
     throw err;
@@ -118,7 +131,7 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
           tx.state[RESERVED] = await RelayTransaction.reserve(filter);
           return undefined;
         } catch (err) {
-          return fail(tx.id, 'MAIL', err);
+          return fail(tx, 'MAIL', err);
         }
       },
       async rcptTo(rcpt, tx) {
@@ -173,7 +186,7 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
         const rcpt = tx.rcptTo.map((r) => r.address);
         if (!reserved) {
           body.resume();
-          return fail(tx.id, 'DATA', new RelayError('lost', 'no transaction', 'filter'));
+          return fail(tx, 'DATA', new RelayError('lost', 'no transaction', 'filter'));
         }
         const received = hopReceived(tx, {
           hostname: config.hostname,
@@ -221,7 +234,7 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
             if (body.errored) return listenerReplies.internalError();
             throw err;
           }
-          r = fail(tx.id, 'DATA', err);
+          r = fail(tx, 'DATA', err);
         }
         logger.info(
           {

@@ -228,6 +228,15 @@ describe('greylist when filter is down', () => {
         '451 4.4.1 Error: next hop unavailable, try again later',
       );
       await c.quit();
+      // the line says whose MAIL was refused and what it was told, not only that filter is down
+      const line = await chain.service('greylist').waitForLog((l) => l.msg === 'filter failed', 3000);
+      expect(line).toMatchObject({
+        level: 'warn',
+        client: '127.0.0.1',
+        from: FROM,
+        stage: 'MAIL',
+        reply: '451 4.4.1 Error: next hop unavailable, try again later',
+      });
     } finally {
       await chain.stop();
     }
