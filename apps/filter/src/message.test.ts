@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { headOf, readHead, rewriteHead } from './message.js';
+import { headOf, messageIdOf, readHead, rewriteHead } from './message.js';
 
 describe('the header section', () => {
   it('reads it from a stream in pieces and says where the rest starts', async () => {
@@ -36,5 +36,15 @@ describe('the header section', () => {
     }
     const h = headOf(Buffer.from('Subject: a\r\n\r\nbody'));
     expect([h.head.toString(), h.bodyOffset, h.complete]).toEqual(['Subject: a\r\n', 12, true]);
+  });
+});
+
+describe('the Message-ID for the log line', () => {
+  it('is read unfolded, whatever the field name case; undefined when absent or empty', () => {
+    expect(messageIdOf(Buffer.from('Subject: a\r\nmessage-ID:\r\n <abc@x.test>\r\n'))).toBe('<abc@x.test>');
+    expect(messageIdOf(Buffer.from('Message-Id: <a@b>\r\nMessage-Id: <c@d>\r\n'))).toBe('<a@b>');
+    expect(messageIdOf(Buffer.from('Subject: a\r\n'))).toBeUndefined();
+    expect(messageIdOf(Buffer.from('Message-ID:  \r\n'))).toBeUndefined();
+    expect(messageIdOf(Buffer.from(`Message-ID: <${'x'.repeat(500)}>\r\n`))).toHaveLength(200);
   });
 });

@@ -68,6 +68,20 @@ function fields(head: Buffer): Field[] {
   return out;
 }
 
+/**
+ * The message's Message-ID as written (unfolded, at most 200 characters), for the log line: what a
+ * sender or a mailbox owner quotes when asking what became of a message. undefined when there is none.
+ */
+export function messageIdOf(head: Buffer): string | undefined {
+  const f = fields(head).find((x) => x.name === 'message-id');
+  if (!f) return undefined;
+  const value = f.raw
+    .slice(f.raw.indexOf(':') + 1)
+    .replace(/\r\n[ \t]+/g, ' ')
+    .trim();
+  return value ? value.slice(0, 200) : undefined;
+}
+
 /** The header fields the filter writes (lower case): removed when they come from outside. */
 const OURS = /^(x-spam-|x-moat-|x-quarantine-id$)/;
 

@@ -26,7 +26,7 @@ import { bannedCheck, parseBannedRules } from './checks/banned.js';
 import { spamCheck } from './checks/spam.js';
 import type { ScanInput } from './checks/types.js';
 import { ClamdClient, parseClamd, virusCheck } from './checks/virus.js';
-import { type Head, headOf, readHead, rewriteHead } from './message.js';
+import { type Head, headOf, messageIdOf, readHead, rewriteHead } from './message.js';
 import { walkMime } from './mime.js';
 import { formatDestiny, Policy } from './policy.js';
 import { filterReplies } from './replies.js';
@@ -252,6 +252,7 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
               helo: client.helo,
               from: tx.mailFrom.address,
               to: rcpt,
+              messageId: messageIdOf(head.head),
               size: spool.size,
               checks,
               score: results.spam.data.score,

@@ -113,6 +113,9 @@ describe('viruses, rejected in the session and quarantined', () => {
     expect(quarantine.text).toContain(eicar());
     const line = await chain.service('filter').waitForLog((l) => l.id === id);
     expect(line).toMatchObject({ msg: 'rejected', category: 'INFECTED', client: '127.0.0.1' });
+    // the Message-ID the sender quotes finds the verdict (amavis logs it too)
+    expect(line.messageId).toBe(headerValues(quarantine.text, 'Message-Id')[0]);
+    expect(line.messageId).toMatch(/^<.+@.+>$/);
     expect((line.checks as Record<string, { outcome: string }>).virus!.outcome).toBe('fail');
   });
 
