@@ -244,7 +244,10 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
           const checks = Object.fromEntries(
             Object.values(results).map((x) => [x.check, { outcome: x.outcome, detail: x.detail, ms: x.ms }]),
           );
-          logger.info(
+          // a check that could not run (a scanner down, too slow, a limit hit) is something to act on,
+          // whatever became of the message: the message's one line goes out at warn, where alerts look
+          const failedCheck = Object.values(results).some((x) => x.outcome === 'error');
+          logger[failedCheck ? 'warn' : 'info'](
             {
               id: tx.id,
               ident: client.ident,

@@ -136,6 +136,9 @@ describe('scanners down', () => {
     expect(maildirMessages(chain.maildir, 'nospamd@example.test')).toHaveLength(0);
     const log = await chain.service('filter').waitForLog((l) => l.msg === 'deferred');
     expect(log.category).toBe('UNCHECKED');
+    // a scanner down is for the operator to act on: the line is a warning, with the scanner's error
+    expect(log.level).toBe('warn');
+    expect((log.checks as Record<string, { outcome: string }>).spam!.outcome).toBe('error');
   });
 
   it('spamd stopped with scannerFailure: pass: delivered with ***UNCHECKED*** and logged as such', async () => {
@@ -146,7 +149,7 @@ describe('scanners down', () => {
     expect(headerValues(msg!.text, 'Subject')).toEqual(['***UNCHECKED*** hello']);
     expect(headerValues(msg!.text, 'X-Moat-Alert')).toContain('UNCHECKED, spam scanner failure');
     const log = await chain.service('filter').waitForLog((l) => l.msg === 'passed');
-    expect(log).toMatchObject({ scannerFailure: 'pass', category: 'UNCHECKED' });
+    expect(log).toMatchObject({ scannerFailure: 'pass', category: 'UNCHECKED', level: 'warn' });
   });
 
   it('clamd stopped: 451 4.3.0 UNCHECKED, nothing delivered', async () => {
