@@ -104,7 +104,13 @@ describe('delivery', () => {
     fs.rmSync(path.join(mailbox, 'tmp'), { recursive: true });
     expect(await send(['fay@example.test'])).toBe('451 4.3.0 Error: queue file write error');
     expect(filesUnder(mailbox).map((f) => path.relative(mailbox, f).split(path.sep)[0])).toEqual(['new']);
-    expect(lines.some((l) => l.msg === 'queue write failed')).toBe(true);
+    expect(lines.filter((l) => l.msg === 'queue write failed').at(-1)).toMatchObject({
+      level: 'error',
+      client: '127.0.0.1',
+      from: 'a@remote.test',
+      to: ['fay@example.test'],
+      reply: '451 4.3.0 Error: queue file write error',
+    });
     // the mailbox removed by hand: the next message makes its folders again, as Postfix's virtual does
     fs.rmSync(mailbox, { recursive: true });
     expect(await send(['fay@example.test'], message({ subject: 'again' }))).toMatch(/^250 2\.0\.0 /);

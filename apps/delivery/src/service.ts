@@ -58,15 +58,28 @@ export async function startDelivery(config: Readonly<MoatConfig>, logger: Logger
           // the body's own error (the client left, or the size limit): nothing to report of the disk.
           // A write that fails while it streams the body (ENOSPC mid-message) leaves the body destroyed
           // with an AbortError of its own: the error thrown is then the disk's, and is what is logged
+          const failed = deliveryReplies.queueWriteError();
           if (body.errored && err === body.errored) {
             logger.info(
               { id: tx.id, client: client.address, err: body.errored.message },
               'message not received in full; nothing queued',
             );
           } else {
-            logger.error({ id: tx.id, err }, 'queue write failed');
+            // the envelope and the reply too: which message, for whom, and what the previous hop was told
+            logger.error(
+              {
+                id: tx.id,
+                ident: client.ident,
+                client: client.address,
+                from: tx.mailFrom.address,
+                to: rcpt,
+                err,
+                reply: `${failed.code} ${failed.lines[0]}`,
+              },
+              'queue write failed',
+            );
           }
-          return deliveryReplies.queueWriteError();
+          return failed;
         }
         const r = deliveryReplies.queued(tx.id);
         logger.info(
