@@ -143,10 +143,11 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
     spool: MessageSpool,
     d: Decision,
     head: Head,
-  ): Promise<{ r: Reply; quarantined: boolean }> {
+  ): Promise<{ r: Reply; quarantined: boolean; quarantineId?: string }> {
     const received = hopReceived(tx, { hostname: config.hostname, service: 'filter' });
+    let q: Reply | undefined;
     if (d.quarantineTo.length) {
-      const q = await relay(
+      q = await relay(
         quarantine,
         tx,
         d.quarantineTo,
@@ -161,7 +162,9 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
       }
     }
     const quarantined = d.quarantineTo.length > 0;
-    if (d.action !== 'pass') return { r: d.reply!, quarantined };
+    // quarantine's id for its copy ("250 2.0.0 Ok: quarantined as <id>"), as amavis logs "quarantine: ..."
+    const quarantineId = q && /quarantined as (\S+)/.exec(q.lines[0] ?? '')?.[1];
+    if (d.action !== 'pass') return { r: d.reply!, quarantined, quarantineId };
     const r = await relay(
       delivery,
       tx,
@@ -171,7 +174,7 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
       logger,
       'delivery',
     );
-    return { r, quarantined };
+    return { r, quarantined, quarantineId };
   }
 
   const listener = await createListener({
@@ -231,7 +234,7 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
             );
             return filterReplies.clientGone(tx.id);
           }
-          const { r, quarantined } = await act(tx, spool, d, head);
+          const { r, quarantined, quarantineId } = await act(tx, spool, d, head);
           const actedMs = Math.round(performance.now() - started);
           const outcome =
             r.code >= 400
@@ -267,6 +270,7 @@ export async function startFilter(config: Readonly<MoatConfig>, logger: Logger):
               result: `${d.action === 'pass' && r.code < 300 ? 'Passed' : 'Blocked'} ${CATEGORY_WORDS[d.category]}`,
               delivered: d.action === 'pass' && r.code < 300 ? d.deliverTo : [],
               quarantined: quarantined ? d.quarantineTo : [],
+              quarantineId,
               ...(d.dsnSuppressed ? { dsn: 'suppressed' } : {}),
               ...(c.scannerFailure === 'pass' ? { scannerFailure: 'pass' } : {}),
               spoolMs: spooledMs,

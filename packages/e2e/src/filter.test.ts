@@ -97,6 +97,8 @@ async function expectRejectedAndQuarantined(
   // the filter's line for the message says where it went: quarantined, although the client got a 554
   const line = await chain.processes.get('filter')!.waitForLog((l) => l.id === id && 'quarantined' in l);
   expect(line).toMatchObject({ quarantined: [to], delivered: [] });
+  // and under which id quarantine keeps it (amavis' "quarantine: ..."), so the copy is found from here
+  expect(line.quarantineId).toBe(q.head.id);
   return { id, quarantine: q };
 }
 
