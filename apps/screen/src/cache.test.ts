@@ -49,4 +49,20 @@ describe('the pass cache', () => {
       fs.rmSync(dataDir, { recursive: true, force: true });
     }
   });
+
+  it('logs a store it cannot open without the password in its URL', async () => {
+    const { logger, lines } = memoryLogger();
+    const cache = await PassCache.open({
+      store: 'redis://moat:s3cret@127.0.0.1:notaport',
+      dataDir: os.tmpdir(),
+      retentionMs: 86_400_000,
+      cleanupIntervalMs: 0,
+      logger,
+      reopenMs: 60_000,
+    });
+    await cache.close();
+    expect(lines).toHaveLength(1);
+    expect(JSON.stringify(lines[0])).not.toContain('s3cret');
+    expect(lines[0]).toMatchObject({ store: 'redis://moat:********@127.0.0.1:notaport' });
+  });
 });

@@ -8,6 +8,7 @@
  * "unknown" (the client runs the tests, as a new one would); a failed write is logged and forgotten.
  * Warnings are logged at most once a minute. Exports PassCache.
  */
+import { maskSecrets } from '@moat/config';
 import { openStore, type ClientRecord, type ReputationStore } from '@moat/reputation';
 import type { Logger } from '@moat/log';
 import { logText } from './replies.js';
@@ -78,7 +79,10 @@ export class PassCache {
       const now = Date.now();
       if (now - this.#warnedAt >= WARN_EVERY_MS) {
         this.#warnedAt = now;
-        o.logger.error({ err: (err as Error).message, store: o.store }, logText.cacheDown);
+        o.logger.error(
+          { err: (err as Error).message, store: maskSecrets('store', o.store) },
+          logText.cacheDown,
+        );
       }
       return false;
     }

@@ -182,6 +182,13 @@ describe('settings', () => {
     await expect(openStore('memcache://127.0.0.1', { dataDir: tmp() })).rejects.toMatchObject({
       kind: 'invalid',
     });
+    // a URL it cannot read is named in the error (which is logged) without its password
+    await expect(
+      openStore('redis://moat:s3cret@127.0.0.1:notaport', { dataDir: tmp() }),
+    ).rejects.toMatchObject({
+      kind: 'invalid',
+      message: 'bad Redis URL redis://moat:********@127.0.0.1:notaport: Invalid URL',
+    });
     const s = await sqlite.fresh().open();
     await expect(s.recordPass('192.0.2.1', 'x', -1, T0)).rejects.toMatchObject({ kind: 'invalid' });
   });

@@ -106,7 +106,9 @@ export class RedisStore implements ReputationStore {
         retryStrategy: (attempt: number) => Math.min(100 * attempt, 2000),
       });
     } catch (err) {
-      throw new StoreError('invalid', `bad Redis URL ${url}: ${(err as Error).message}`, { cause: err });
+      // the URL without its password: this text reaches the log
+      const shown = url.replace(/^(\w+:\/\/[^:/@]*:)[^/?#]*@/, '$1********@');
+      throw new StoreError('invalid', `bad Redis URL ${shown}: ${(err as Error).message}`, { cause: err });
     }
     for (const [name, script] of Object.entries(SCRIPTS)) {
       redis.defineCommand(
