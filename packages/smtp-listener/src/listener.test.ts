@@ -318,6 +318,24 @@ describe('the error limit on the smtp-server engine (smtpd_hard_error_limit)', (
   });
 });
 
+describe('a declared size past the limit on the smtp-server engine', () => {
+  it('answers MAIL ... SIZE= 552 5.3.4 and logs it, as Postfix logs NOQUEUE: reject: MAIL', async () => {
+    engine = 'smtp-server';
+    const { logger, lines } = memoryLogger();
+    const l = await start({}, { logger });
+    const r = await talk(l.address.port, ['EHLO a.test', 'MAIL FROM:<big@remote.test> SIZE=2000000', 'QUIT']);
+    expect(r[2]).toBe('552 5.3.4 Error: message exceeds fixed maximum message size 1048576');
+    expect(lines.filter((x) => x.msg === 'NOQUEUE: reject: MAIL')).toEqual([
+      expect.objectContaining({
+        client: '127.0.0.1',
+        from: 'big@remote.test',
+        why: 'declared size over messageSizeLimit (1048576)',
+        reply: '552 5.3.4 Error: message exceeds fixed maximum message size 1048576',
+      }),
+    ]);
+  });
+});
+
 describe('recipients past the limit on the smtp-server engine (smtpd_recipient_overshoot_limit)', () => {
   it('answers them 452 without counting them as errors, so the message still goes to the first ones', async () => {
     engine = 'smtp-server';

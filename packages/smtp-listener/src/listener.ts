@@ -210,6 +210,7 @@ class HopConnection extends SMTPConnection {
     }
     if (NON_ASCII.test(command)) unicodeAddresses.add(parsed);
     if (/^RCPT/i.test(rawName)) this.#lastRcpt = parsed.address;
+    else if (/^MAIL/i.test(rawName)) this.#lastMail = parsed.address;
     return parsed;
   }
 
@@ -230,6 +231,8 @@ class HopConnection extends SMTPConnection {
   #corked: net.Socket | undefined;
   /** The address of the RCPT command being answered (for the log line of a refusal smtp-server makes itself). */
   #lastRcpt = '';
+  /** The address of the MAIL command being answered (likewise). */
+  #lastMail = '';
 
   releaseCork(): void {
     const socket = this.#corked;
@@ -278,6 +281,19 @@ class HopConnection extends SMTPConnection {
             reply: `${code} 4.5.3 ${String(data)}`,
           },
           'NOQUEUE: reject: RCPT',
+        );
+      }
+      // a SIZE= past the limit at MAIL, refused by smtp-server itself: one line, as Postfix's NOQUEUE
+      if (context === 'MESSAGE_TOO_BIG' && !session.envelope?.mailFrom) {
+        const server = (this as unknown as ConnectionInternals)._server;
+        server.hop.logger.info(
+          {
+            client: session.remoteAddress,
+            from: this.#lastMail,
+            why: `declared size over messageSizeLimit (${server.hop.messageSizeLimit})`,
+            reply: `${code} 5.3.4 ${String(data)}`,
+          },
+          'NOQUEUE: reject: MAIL',
         );
       }
       if (overshoot) overshoots.set(session, overshoot);
