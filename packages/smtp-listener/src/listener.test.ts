@@ -266,8 +266,12 @@ describe.each(ENGINES)('the client limit (%s engine)', (name) => {
     await c.closed; // closed by the server
     a.socket.destroy();
     await a.closed;
-    await new Promise((r) => setTimeout(r, 50)); // the server has seen it go
-    const d = await open();
+    // once the server has seen it go, a slot is free
+    let d = await open();
+    for (let i = 0; i < 40 && d.first.startsWith('421'); i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      d = await open();
+    }
     expect(d.first).toMatch(/^220 mx\.example\.test ESMTP/);
     b.socket.destroy();
     d.socket.destroy();
@@ -315,6 +319,50 @@ describe('the error limit on the smtp-server engine (smtpd_hard_error_limit)', (
       'QUIT',
     ]);
     expect(forgiven.slice(-5).map((r) => r.slice(0, 3))).toEqual(['250', '554', '554', '250', '221']);
+  });
+});
+
+describe('the disconnect line on the smtp-server engine (the MX)', () => {
+  it("logs one line per session in Postfix's words, with how it ended: quit, lost connection, timeout", async () => {
+    engine = 'smtp-server';
+    const { logger, lines } = memoryLogger();
+    const l = await start({}, { logger, idleTimeoutMs: 300 });
+    const disconnects = () => lines.filter((x) => x.msg.startsWith('disconnect from'));
+    await talk(l.address.port, [
+      'EHLO a.test',
+      'MAIL FROM:<a@b.test>',
+      'RCPT TO:<c@example.test>',
+      'DATA',
+      'Subject: x\r\n\r\nhi\r\n.',
+      'QUIT',
+    ]);
+    // a client that leaves without QUIT, and one that says nothing after EHLO
+    const client = (leave: boolean) =>
+      new Promise<void>((resolve) => {
+        const s = net.connect(l.address.port, '127.0.0.1');
+        let seen = '';
+        s.on('data', (d) => {
+          seen += d.toString();
+          if (/^220 /m.test(seen) && !/EHLO sent/.test(seen)) {
+            seen += 'EHLO sent';
+            s.write(leave ? 'EHLO a.test\r\nMAIL FROM:<a@b.test>\r\n' : 'EHLO a.test\r\n');
+          }
+          if (leave && /^250 2\.1\.0/m.test(seen)) s.destroy();
+        });
+        s.on('close', () => resolve());
+      });
+    await client(true);
+    await client(false); // closed by the server's idle timeout
+    for (let i = 0; i < 50 && disconnects().length < 3; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(
+      disconnects()
+        .map((x) => [x.msg.replace(/:\d+ /, ':PORT '), x.ended])
+        .sort(),
+    ).toEqual([
+      ['disconnect from [127.0.0.1]:PORT ehlo=1 commands=1', 'timeout after EHLO'],
+      ['disconnect from [127.0.0.1]:PORT ehlo=1 mail=1 commands=2', 'lost connection after MAIL'],
+      ['disconnect from [127.0.0.1]:PORT ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5', 'quit'],
+    ]);
   });
 });
 

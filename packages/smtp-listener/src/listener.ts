@@ -181,6 +181,39 @@ const overshoots = new WeakMap<object, number>();
 /** Excess recipients that do not count as errors (Postfix: smtpd_recipient_overshoot_limit). */
 const RECIPIENT_OVERSHOOT = 1000;
 
+/**
+ * What a session did, for its one `disconnect from` line (Postfix's smtpd): each command verb and how
+ * often, the last one, and how the session ended when it was not the client's QUIT.
+ */
+interface SessionStats {
+  counts: Map<string, number>;
+  last: string;
+  ended?: string;
+}
+const sessionStats = new WeakMap<object, SessionStats>();
+
+function statsOf(session: object): SessionStats {
+  let s = sessionStats.get(session);
+  if (!s) sessionStats.set(session, (s = { counts: new Map(), last: 'CONNECT' }));
+  return s;
+}
+
+/** Postfix's words: `disconnect from [ip]:port ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5`. */
+function disconnectLine(session: SMTPServerSession, s: SessionStats): { msg: string; ended: string } {
+  let total = 0;
+  const parts: string[] = [];
+  for (const [verb, n] of s.counts) {
+    parts.push(`${verb.toLowerCase()}=${n}`);
+    total += n;
+  }
+  parts.push(`commands=${total}`);
+  const ended = s.ended ?? (s.last === 'QUIT' ? 'quit' : `lost connection after ${s.last}`);
+  return {
+    msg: `disconnect from [${session.remoteAddress}]:${session.remotePort} ${parts.join(' ')}`,
+    ended,
+  };
+}
+
 /** Addresses whose command had a byte outside ASCII: they need MAIL ... SMTPUTF8 (RFC 6531). */
 const unicodeAddresses = new WeakSet<object>();
 /** Full stops of other scripts, which smtp-server's punycode would read as "." (SMTP has only "."). */
@@ -220,6 +253,7 @@ class HopConnection extends SMTPConnection {
       const max = self._server.hop.maxClients;
       if (max && self._server.connections.size > max) {
         serverFull(self._server.hop, (this as unknown as { remoteAddress: string }).remoteAddress);
+        statsOf(self.session).ended = 'refused';
         const r = listenerReplies.serverBusy();
         self.send(r.code, r.lines[0], false); // a 421: smtp-server closes the connection
         return;
@@ -242,6 +276,10 @@ class HopConnection extends SMTPConnection {
 
   override _onCommand(command: Buffer, callback?: () => void): void {
     const self = this as unknown as ConnectionInternals & { _upgrading?: boolean; close(): void };
+    const verb = /^\s*([A-Za-z]{1,12})\b/.exec(command.toString('latin1'))?.[1]?.toUpperCase() ?? 'UNKNOWN';
+    const stats = statsOf(self.session);
+    stats.counts.set(verb, (stats.counts.get(verb) ?? 0) + 1);
+    stats.last = verb;
     const limit = self._server.hop.errorLimit ?? 0;
     if (limit > 0 && !self._upgrading && (sessionErrors.get(self.session) ?? 0) >= limit) {
       const text = `4.7.0 ${self._server.hop.hostname} Error: too many errors`;
@@ -252,6 +290,7 @@ class HopConnection extends SMTPConnection {
         { client: ip, port, errors: sessionErrors.get(self.session), reply: `421 ${text}` },
         `too many errors after ${after.toUpperCase()} from [${ip}]:${port}`,
       );
+      stats.ended = `too many errors after ${verb}`;
       self.send(421, text, false);
       self.close();
       callback?.();
@@ -261,6 +300,14 @@ class HopConnection extends SMTPConnection {
   }
 
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
+    if (code === 421) {
+      const session = (this as unknown as ConnectionInternals).session;
+      const stats = statsOf(session);
+      // smtp-server's own 421s: the idle timeout, the server closing
+      stats.ended ??= /timeout/i.test(String(data))
+        ? `timeout after ${stats.last}`
+        : `421 after ${stats.last}: ${String(data).slice(0, 80)}`;
+    }
     if (code >= 400 && code !== 421) {
       const session = (this as unknown as ConnectionInternals).session;
       // recipients past recipientLimit are not errors until RECIPIENT_OVERSHOOT of them (Postfix's
@@ -553,6 +600,13 @@ async function createSmtpServerListener(o: ListenerOptions): Promise<Listener> {
     onClose(raw) {
       server.closedSessions.add(raw);
       server.endTransaction(raw, 'disconnect');
+      // one line per session that got its banner, as Postfix's smtpd (a session with no message would
+      // otherwise leave no trace after screen's PASS line); not for clients turned away at connect
+      const stats = sessionStats.get(raw);
+      if (stats?.ended !== 'refused') {
+        const { msg, ended } = disconnectLine(raw, stats ?? statsOf(raw));
+        logger.info({ client: raw.remoteAddress, ended }, msg);
+      }
       handlers.close?.(server.hopSession(raw));
     },
   };
