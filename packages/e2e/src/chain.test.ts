@@ -2,8 +2,10 @@
  * The whole chain as five real processes: a message from the screen port into the Maildir, with swaks
  * and Postfix's smtp-source as the clients a user would use.
  */
+import fs from 'node:fs';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Chain, headerValues, maildirMessages, smtpSource, swaks, waitFor } from '@moat/testkit';
+import { Chain, headerValues, maildirMessages, smtpSource, swaks, tmpDir, waitFor } from '@moat/testkit';
 
 let chain: Chain;
 
@@ -86,5 +88,22 @@ describe('a message through screen, greylist, filter and delivery', () => {
       10_000,
       '100 messages',
     );
+  });
+});
+
+describe('the test chain itself', () => {
+  it('removes the data folder it made when it stops, and keeps one it was given', async () => {
+    const own = await Chain.create({ services: ['delivery'] });
+    expect(fs.existsSync(own.dataDir)).toBe(true);
+    await own.stop();
+    expect(fs.existsSync(own.dataDir)).toBe(false);
+    const given = tmpDir('moat-chain-given-');
+    try {
+      const kept = await Chain.create({ services: ['delivery'], dataDir: given });
+      await kept.stop();
+      expect(fs.existsSync(path.join(given, 'moat.yaml'))).toBe(true);
+    } finally {
+      fs.rmSync(given, { recursive: true, force: true });
+    }
   });
 });
