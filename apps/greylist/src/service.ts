@@ -184,6 +184,17 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
         delete tx.state[RESERVED];
         const client = tx.client;
         const rcpt = tx.rcptTo.map((r) => r.address);
+        // the message's one line, whatever became of it
+        const line = (reply: Reply, more: Record<string, unknown>) => ({
+          id: tx.id,
+          client: client.address,
+          helo: client.helo,
+          from: tx.mailFrom.address,
+          to: rcpt,
+          size: info.bytes(),
+          ...more,
+          reply: `${reply.code} ${reply.lines.join(' / ')}`,
+        });
         if (!reserved) {
           body.resume();
           return fail(tx, 'DATA', new RelayError('lost', 'no transaction', 'filter'));
@@ -211,16 +222,7 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
             // the envelope and the reply, as for any message not accepted, and no error with a stack trace
             const r = listenerReplies.messageTooBig();
             logger.info(
-              {
-                id: tx.id,
-                client: client.address,
-                helo: client.helo,
-                from: tx.mailFrom.address,
-                to: rcpt,
-                size: info.bytes(),
-                why: `larger than messageSizeLimit (${c.messageSizeLimit})`,
-                reply: `${r.code} ${r.lines.join(' / ')}`,
-              },
+              line(r, { why: `larger than messageSizeLimit (${c.messageSizeLimit})` }),
               'not accepted',
             );
             return r;
@@ -237,17 +239,7 @@ export async function startGreylist(config: Readonly<MoatConfig>, logger: Logger
           r = fail(tx, 'DATA', err);
         }
         logger.info(
-          {
-            id: tx.id,
-            client: client.address,
-            helo: client.helo,
-            from: tx.mailFrom.address,
-            to: rcpt,
-            size: info.bytes(),
-            bareLineEndings: info.bareLineEndings() || undefined,
-            tls: session.secure || undefined,
-            reply: `${r.code} ${r.lines.join(' / ')}`,
-          },
+          line(r, { bareLineEndings: info.bareLineEndings() || undefined, tls: session.secure || undefined }),
           r.code < 300 ? 'accepted' : 'not accepted',
         );
         return r;
