@@ -639,4 +639,15 @@ describe('parsePath', () => {
     expect(parsePath('FROM:<a@b.test>', 'TO')).toBeUndefined();
     expect(parsePath('TO:<>', 'TO')).toBeUndefined();
   });
+
+  it('decodes parameter values from xtext, as smtp-server does, and refuses one that hides a control character', () => {
+    expect(parsePath('FROM:<a@b.test> ENVID=x+20SIZE+3D9 RET=HDRS', 'FROM')?.args).toEqual({
+      ENVID: 'x SIZE=9',
+      RET: 'HDRS',
+    });
+    expect(parsePath('TO:<c@d.test> ORCPT=rfc822;user+2B2024@example.com', 'TO')?.args).toEqual({
+      ORCPT: 'rfc822;user+2024@example.com',
+    });
+    expect(parsePath('FROM:<a@b.test> ENVID=ab+0D+0Acd', 'FROM')).toBeUndefined();
+  });
 });

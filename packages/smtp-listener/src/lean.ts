@@ -179,7 +179,15 @@ export function parsePath(arg: string, prefix: 'FROM' | 'TO'): Address | undefin
     const eq = part.indexOf('=');
     const key = (eq === -1 ? part : part.slice(0, eq)).toUpperCase();
     if (!/^[A-Z0-9][A-Z0-9-]*$/.test(key)) return undefined;
-    args[key] = eq === -1 ? true : part.slice(eq + 1);
+    if (eq === -1) {
+      args[key] = true;
+      continue;
+    }
+    // values decoded from xtext, as smtp-server hands them on (the relay client encodes them again), and
+    // refused when that makes a control character, as smtp-server does (ENVID=ab+0D+0Acd)
+    const value = decodeXtext(part.slice(eq + 1));
+    if (CONTROL.test(value)) return undefined;
+    args[key] = value;
   }
   return { address, args: args as Address['args'] };
 }

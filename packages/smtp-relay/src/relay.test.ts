@@ -528,8 +528,22 @@ describe('RelayTransaction: the client ESMTP parameters it passes on', () => {
         () => Readable.from([Buffer.from('Subject: s\r\n\r\nbody\r\n')]),
       );
       expect(r.code).toBe(250);
-      expect(seen[0]!.mail).toEqual({ ENVID: 'x+20SIZE+3D999999999' });
-      expect(seen[0]!.rcpt).toEqual({ ORCPT: 'rfc822;a+2Bb+20c@x.test' });
+      // the next hop (which decodes, as smtp-server does) gets each value whole, and nothing more
+      expect(seen[0]!.mail).toEqual({ ENVID: 'x SIZE=999999999' });
+      expect(seen[0]!.rcpt).toEqual({ ORCPT: 'rfc822;a+b c@x.test' });
+      // one-to-one: a decoded value that looks like an escape is data, not a CR LF at the next hop
+      const again = await RelayTransaction.send(
+        pool,
+        client,
+        {
+          mailFrom: { address: 'a@remote.test', args: { ENVID: 'ab+0D+0Acd' } },
+          rcptTo: [{ address: 'b@example.test', args: { ORCPT: 'rfc822;user+2024@example.com' } }],
+        } as never,
+        () => Readable.from([Buffer.from('Subject: s\r\n\r\nbody\r\n')]),
+      );
+      expect(again.code).toBe(250);
+      expect(seen[1]!.mail).toEqual({ ENVID: 'ab+0D+0Acd' });
+      expect(seen[1]!.rcpt).toEqual({ ORCPT: 'rfc822;user+2024@example.com' });
     } finally {
       pool.close();
       await next.close();

@@ -28,21 +28,16 @@ export interface Envelope {
 }
 
 /**
- * An ESMTP parameter value as it may go on the wire: xtext (RFC 3461) for everything but a "+" that
- * already starts an escape. smtp-server hands its handlers decoded values, so "ENVID=x+20SIZE=9" arrives
- * as "x SIZE=9": written back as it was, that is a second parameter the client smuggled into our
- * command to the next hop (there "SIZE=9..." got the whole message refused with 552).
+ * An ESMTP parameter value as it goes on the wire: xtext (RFC 3461), every "+" and "=" and every byte
+ * outside 0x21-0x7e escaped. Both engines hand their handlers decoded values, so "ENVID=x+20SIZE=9"
+ * arrives as "x SIZE=9": written back as it was, that is a second parameter the client smuggled into
+ * our command to the next hop (there "SIZE=9..." got the whole message refused with 552). Encoding is
+ * one-to-one: a decoded "+0D" is data, and leaving it unescaped would make the next hop read a CR.
  */
 function xtextValue(value: string): string {
   let out = '';
-  const bytes = Buffer.from(value, 'utf8');
-  for (let i = 0; i < bytes.length; i++) {
-    const b = bytes[i]!;
-    const escape =
-      b < 0x21 ||
-      b > 0x7e ||
-      b === 0x3d ||
-      (b === 0x2b && !/^[0-9A-F]{2}$/.test(bytes.toString('latin1', i + 1, i + 3)));
+  for (const b of Buffer.from(value, 'utf8')) {
+    const escape = b < 0x21 || b > 0x7e || b === 0x3d || b === 0x2b;
     out += escape ? `+${b.toString(16).toUpperCase().padStart(2, '0')}` : String.fromCharCode(b);
   }
   return out;
