@@ -302,6 +302,46 @@ describe('accepting a message', () => {
     expect(fs.readdirSync(deferred)).toEqual(['FOUR']);
   });
 
+  it('gives no second copy on a deferred retry when neither the done note nor the rewrite could be written', async () => {
+    const dir = tmpDir('moat-queue-');
+    const deferred = path.join(dir, 'queue', 'deferred');
+    fs.mkdirSync(deferred, { recursive: true });
+    await writeEnvelopeFile(
+      deferred,
+      { ...head('FIVE', ['n@example.test', 'o@elsewhere.test']), attempts: 1 },
+      [Buffer.from('Subject: five\r\n\r\nz\r\n')],
+    );
+    // the queue's disk is full: the done note cannot be written (a folder in its place), and the first
+    // rewrite of the deferred file fails
+    fs.mkdirSync(path.join(deferred, '.FIVE.done'));
+    let refuse = 1;
+    const q = new Queue({
+      dir: path.join(dir, 'queue'),
+      maildir: path.join(dir, 'mail'),
+      domains: ['example.test'],
+      hostname: 'mx.example.test',
+      runDelayMs: 100,
+      logger: silentLogger(),
+      write: (d, name, parts, opts) => {
+        if (d === deferred && refuse-- > 0)
+          return Promise.reject(
+            Object.assign(new Error('ENOSPC: no space left on device'), { code: 'ENOSPC' }),
+          );
+        return writer.write(d, name, parts, opts);
+      },
+    });
+    await q.init();
+    await waitFor(
+      () =>
+        JSON.parse(fs.readFileSync(path.join(deferred, 'FIVE'), 'utf8').split('\n')[0]!).rcpt.join() ===
+          'o@elsewhere.test' || undefined,
+      3000,
+      'a later run to rewrite the file with only o',
+    );
+    await q.drain();
+    expect(maildirMessages(path.join(dir, 'mail'), 'n@example.test')).toHaveLength(1);
+  });
+
   it('rejects when the Maildir cannot be written, and leaves nothing behind', async () => {
     const dir = tmpDir('moat-queue-');
     const q = queue(dir);

@@ -99,6 +99,8 @@ export class Queue {
    * with the recipients that got their copy before it did: tried again at the next queue run.
    */
   readonly #stranded = new Map<string, Set<string>>();
+  /** Files of deferred/ with the recipients a retry reached, until the file is rewritten or gone. */
+  readonly #retried = new Map<string, Set<string>>();
   readonly #local: Set<string>;
 
   constructor(readonly o: QueueOptions) {
@@ -388,7 +390,14 @@ export class Queue {
     const local = head.rcpt.filter((r) => this.isLocal(r));
     if (!local.length) return false;
     const doneFile = path.join(this.deferred, doneName(name));
-    const done = new Set((await fsp.readFile(doneFile, 'utf8').catch(() => '')).split('\n').filter(Boolean));
+    // also those an earlier retry of this process reached, whose note may not have been written (the
+    // queue's disk full) while the rewrite of the file failed too: as #stranded does for active/
+    const reached = this.#retried.get(name) ?? new Set<string>();
+    this.#retried.set(name, reached);
+    const done = new Set([
+      ...reached,
+      ...(await fsp.readFile(doneFile, 'utf8').catch(() => '')).split('\n').filter(Boolean),
+    ]);
     if (done.size)
       this.o.logger.info(
         { id: head.id, done: [...done] },
@@ -399,7 +408,10 @@ export class Queue {
       head,
       local.filter((r) => !done.has(r)),
       () => messageStream(file, bodyOffset),
-      (rcpt) => fsp.appendFile(doneFile, `${rcpt}\n`).catch(() => undefined),
+      (rcpt) => {
+        reached.add(rcpt);
+        return fsp.appendFile(doneFile, `${rcpt}\n`).catch(() => undefined);
+      },
     );
     const left = [...failed, ...head.rcpt.filter((r) => !this.isLocal(r))];
     if (!left.length) {
@@ -416,7 +428,8 @@ export class Queue {
       await writeEnvelopeFile(this.deferred, next, [messageStream(file, bodyOffset)], this.#write);
     }
     // the file no longer names the recipients noted
-    await fsp.rm(doneFile, { force: true });
+    this.#retried.delete(name);
+    await fsp.rm(doneFile, { force: true }).catch(() => undefined);
     return true;
   }
 
