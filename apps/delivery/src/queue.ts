@@ -425,7 +425,9 @@ export class Queue {
         reason: failed.length ? 'local delivery failed' : RELAY_OFF,
         attempts: (head.attempts ?? 1) + 1,
       };
-      await writeEnvelopeFile(this.deferred, next, [messageStream(file, bodyOffset)], this.#write);
+      await writeEnvelopeFile(this.deferred, next, [messageStream(file, bodyOffset)], this.#write, {
+        replace: true,
+      });
     }
     // the file no longer names the recipients noted
     this.#retried.delete(name);

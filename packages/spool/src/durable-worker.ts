@@ -22,6 +22,8 @@ export interface WriteJob {
   final: string;
   dir: string;
   data: ArrayBuffer;
+  /** The final name may exist and is replaced: never removed on a failure (DurableWriteOptions.replace). */
+  replace?: boolean;
 }
 
 export type JobResult = { id: number; ok: true } | { id: number; ok: false; message: string; code?: string };
@@ -52,9 +54,6 @@ port.on('message', (jobs: WriteJob[]) => {
   }
 });
 
-/** Jobs whose rename replaced an existing file (a deferred file rewritten with fewer recipients). */
-const replacing = new WeakSet<WriteJob>();
-
 function runBatch(): void {
   scheduled = false;
   const jobs = queue.splice(0);
@@ -78,7 +77,7 @@ function runBatch(): void {
         // a new name goes (the caller answers 4xx; left, it would be a second copy of a message sent
         // again); one that replaced a file stays: the file it replaced is gone, and what is there now
         // is the newer state
-        if (!replacing.has(job)) removeQuietly(job.final);
+        if (!job.replace) removeQuietly(job.final);
         results.push(failure(job, err, dir));
       }
     }
@@ -128,7 +127,6 @@ function writeGroup(group: readonly WriteJob[], results: JobResult[]): WriteJob[
   const renamed: WriteJob[] = [];
   for (const job of synced) {
     try {
-      if (fs.existsSync(job.final)) replacing.add(job);
       fs.renameSync(job.tmp, job.final);
       renamed.push(job);
     } catch (err) {

@@ -42,7 +42,9 @@ describe('DurableWriter', () => {
     `);
     const { w } = writer({ workerUrl: failingDirs });
     await expect(w.write(d, 'new', [Buffer.from('new')])).rejects.toMatchObject({ code: 'EIO' });
-    await expect(w.write(d, 'old', [Buffer.from('newer')])).rejects.toMatchObject({ code: 'EIO' });
+    await expect(w.write(d, 'old', [Buffer.from('newer')], { replace: true })).rejects.toMatchObject({
+      code: 'EIO',
+    });
     expect(fs.readdirSync(d)).toEqual(['old']);
     expect(fs.readFileSync(path.join(d, 'old'), 'utf8')).toBe('newer');
   });
@@ -179,6 +181,18 @@ describe('DurableWriter', () => {
     for (const name of left) expect(fs.statSync(path.join(d, name)).size).toBe(body.length);
     // the next write starts a new worker
     await expect(w.write(d, 'after', [Buffer.from('ok')])).resolves.toMatchObject({ bytes: 2 });
+  });
+
+  it('never removes the file a replacing write was to replace when its worker dies', async () => {
+    const d = dir();
+    fs.writeFileSync(path.join(d, 'deferred'), 'the only copy');
+    // a worker that dies before it touches anything (a crash, or close() on stop)
+    const dying = script(
+      "import { parentPort } from 'node:worker_threads'; parentPort.on('message', () => { throw new Error('boom'); });",
+    );
+    const { w } = writer({ workerUrl: dying });
+    await expect(w.write(d, 'deferred', [Buffer.from('newer')], { replace: true })).rejects.toThrow(/boom/);
+    expect(fs.readFileSync(path.join(d, 'deferred'), 'utf8')).toBe('the only copy');
   });
 
   it('fails the writes of a worker that crashes after its rename, with both its files removed first', async () => {

@@ -49,10 +49,18 @@ export interface DurableWriterOptions {
 interface Pending {
   tmp: string;
   path: string;
+  /** The final name is replaced (DurableWriteOptions.replace): never removed on a failure. */
+  replace: boolean;
   bytes: number;
   resolve(r: DurableWriteResult): void;
   reject(err: Error): void;
 }
+
+/**
+ * What a write that failed with its worker may have left: its temporary file, and its final name unless
+ * that replaced a file (then it is the old file or the newer state, and the only copy).
+ */
+const leftBy = (p: Pending): string[] => (p.replace ? [p.tmp] : [p.tmp, p.path]);
 
 /** One worker thread and the writes it holds. */
 interface Generation {
@@ -115,8 +123,9 @@ export class DurableWriter {
     const final = path.join(dir, finalName(name, read.bytes));
     const tmp = tmpPathFor(dir, name, opts);
     return new Promise<DurableWriteResult>((resolve, reject) => {
-      const job: WriteJob = { id: ++this.#nextId, tmp, final, dir, data };
-      this.#outbox.push({ job, pending: { tmp, path: final, bytes: read.bytes, resolve, reject } });
+      const replace = !!opts.replace;
+      const job: WriteJob = { id: ++this.#nextId, tmp, final, dir, data, replace };
+      this.#outbox.push({ job, pending: { tmp, path: final, replace, bytes: read.bytes, resolve, reject } });
       if (!this.#flushScheduled) {
         this.#flushScheduled = true;
         // after this turn's I/O callbacks: every session that finished DATA in it shares one post
@@ -176,7 +185,7 @@ export class DurableWriter {
         const held = this.#detach(g);
         // nothing of a dead worker is still being written: what it left goes before the writes fail,
         // so a 4xx never leaves a copy behind
-        const files = [...g.orphans.splice(0), ...held.flatMap((p) => [p.tmp, p.path])];
+        const files = [...g.orphans.splice(0), ...held.flatMap(leftBy)];
         await Promise.all(files.map((f) => fsp.rm(f, { force: true }).catch(() => undefined)));
         for (const p of held) p.reject(err);
       }),
@@ -218,7 +227,7 @@ export class DurableWriter {
    */
   #retire(g: Generation, err: Error): void {
     for (const p of this.#detach(g)) {
-      g.orphans.push(p.tmp, p.path);
+      g.orphans.push(...leftBy(p));
       p.reject(err);
     }
   }

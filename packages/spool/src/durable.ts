@@ -119,6 +119,12 @@ export interface DurableWriteOptions {
   tmpDir?: string;
   /** Its name there; default: the final name (which must then be a string). */
   tmpName?: string;
+  /**
+   * The final name may exist and is replaced (a deferred file rewritten with the recipients still
+   * waiting). On a failure the file under it is never removed: it is the one replaced or the newer state,
+   * and either way the only copy. A new name (the default) is removed when its write fails after the rename.
+   */
+  replace?: boolean;
 }
 
 /** writeDurable's signature: DurableWriter.write has the same one and the same contract. */
@@ -199,7 +205,6 @@ export const writeDurable: DurableWrite = async (dir, name, parts, opts = {}) =>
     throw withPath(failure, tmp);
   }
   const final = path.join(dir, finalName(name, bytes));
-  const replacing = fs.existsSync(final);
   try {
     await rename(tmp, final);
   } catch (err) {
@@ -212,7 +217,7 @@ export const writeDurable: DurableWrite = async (dir, name, parts, opts = {}) =>
     // the rename may not survive a crash, and the caller answers 4xx: a new name goes, or a message the
     // client sends again would be there twice; one that replaced a file stays, as the file it replaced
     // is gone and this is the newer state (the worker thread does the same)
-    if (!replacing) await unlink(final).catch(() => undefined);
+    if (!opts.replace) await unlink(final).catch(() => undefined);
     throw withPath(err, dir);
   }
   return { path: final, bytes };

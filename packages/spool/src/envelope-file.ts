@@ -7,7 +7,12 @@
 import fsp from 'node:fs/promises';
 import fs from 'node:fs';
 import type { Readable } from 'node:stream';
-import { writeDurable, type DurableWrite, type DurableWriteResult } from './durable.js';
+import {
+  writeDurable,
+  type DurableWrite,
+  type DurableWriteOptions,
+  type DurableWriteResult,
+} from './durable.js';
 
 export interface EnvelopeFileHead {
   /** Format version. */
@@ -26,8 +31,9 @@ export async function writeEnvelopeFile(
   head: EnvelopeFileHead,
   message: readonly (Buffer | Readable | AsyncIterable<Buffer>)[],
   write: DurableWrite = writeDurable,
+  opts?: DurableWriteOptions,
 ): Promise<DurableWriteResult> {
-  return write(dir, head.id, [encodeHead(head), ...message]);
+  return write(dir, head.id, [encodeHead(head), ...message], opts);
 }
 
 /** Reads the head; the message starts at `bodyOffset`. */
