@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { derive, schema } from '@moat/config';
-import type { Logger } from '@moat/log';
+import { memoryLogger } from '@moat/log';
 import type { RunningService } from '@moat/service';
 import { freePort, message, SmtpClient, tmpDir } from '@moat/testkit';
 import type { Part } from '@moat/spool';
@@ -30,14 +30,7 @@ vi.mock('@moat/spool', async (importOriginal) => {
   return { ...spool, DurableWriter: FullDiskWriter };
 });
 
-const lines: Record<string, unknown>[] = [];
-const logger = new Proxy({} as Logger, {
-  get: (_, level) =>
-    level === 'child'
-      ? () => logger
-      : (fields: object | string, msg?: string) =>
-          lines.push(typeof fields === 'string' ? { level, msg: fields } : { level, ...fields, msg }),
-});
+const { logger, lines } = memoryLogger();
 
 let port: number;
 let service: RunningService;

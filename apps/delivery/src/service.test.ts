@@ -2,20 +2,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { derive, schema } from '@moat/config';
-import type { Logger } from '@moat/log';
+import { memoryLogger } from '@moat/log';
 import type { RunningService } from '@moat/service';
 import { filesUnder, freePort, maildirMessages, message, SmtpClient, tmpDir, waitFor } from '@moat/testkit';
 import { startDelivery } from './service.js';
 
 /** Records what the service logs: the message and the fields of each line. */
-const lines: Record<string, unknown>[] = [];
-const logger = new Proxy({} as Logger, {
-  get: (_, level) =>
-    level === 'child'
-      ? () => logger
-      : (fields: object | string, msg?: string) =>
-          lines.push(typeof fields === 'string' ? { level, msg: fields } : { level, ...fields, msg }),
-});
+const { logger, lines } = memoryLogger();
 
 let dir: string;
 let port: number;

@@ -34,7 +34,7 @@ describe('the pass cache', () => {
       expect(cache.kind).toBe('none');
       expect(await cache.lookup('192.0.2.9')).toBeUndefined();
       cache.pass('192.0.2.9', 'pregreet', 60_000); // nowhere to go, and no error
-      expect(lines.filter((l) => l.level === 50).map((l) => l.msg)).toEqual([
+      expect(lines.filter((l) => l.level === 'error').map((l) => l.msg)).toEqual([
         'warning: reputation store unavailable: screening without the pass cache',
       ]);
       // the operator mends it: the next attempt opens the store

@@ -66,15 +66,19 @@ export function silentLogger(): Logger {
   return pino({ level: 'silent' });
 }
 
-/** A logger that keeps every line it logs (parsed, level as a number), for unit tests. */
-export function memoryLogger(): {
-  logger: Logger;
-  lines: { level: number; msg: string; [k: string]: unknown }[];
-} {
-  const lines: { level: number; msg: string }[] = [];
+/** A logged line as a test reads it: the level by name, as the services write it. */
+export interface LoggedLine {
+  level: LogLevel;
+  msg: string;
+  [field: string]: unknown;
+}
+
+/** A logger that keeps every line it logs, parsed, for unit tests that check what was logged. */
+export function memoryLogger(): { logger: Logger; lines: LoggedLine[] } {
+  const lines: LoggedLine[] = [];
   const logger = pino(
-    { level: 'info' },
-    { write: (s: string) => void lines.push(JSON.parse(s) as { level: number; msg: string }) },
+    { level: 'info', formatters: { level: (label) => ({ level: label }) } },
+    { write: (s: string) => void lines.push(JSON.parse(s) as LoggedLine) },
   );
   return { logger, lines };
 }

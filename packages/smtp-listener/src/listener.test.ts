@@ -544,7 +544,7 @@ describe('what the smtp-server engine logs of its own refusals', () => {
     const limit = lines.filter((x) => /too many errors/.test(x.msg));
     expect(limit).toHaveLength(1);
     expect(limit[0]).toMatchObject({
-      level: 30,
+      level: 'info',
       client: '127.0.0.1',
       errors: 2,
       reply: '421 4.7.0 mx.example.test Error: too many errors',
@@ -569,7 +569,7 @@ describe('recipients past the limit are logged (smtp-server engine)', () => {
     const refused = lines.filter((x) => x.msg === 'NOQUEUE: reject: RCPT');
     expect(refused).toHaveLength(1);
     expect(refused[0]).toMatchObject({
-      level: 30,
+      level: 'info',
       client: '127.0.0.1',
       from: 'a@b.test',
       to: 'u1@example.test',
