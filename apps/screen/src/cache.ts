@@ -76,14 +76,8 @@ export class PassCache {
         retentionMs: o.retentionMs,
       });
     } catch (err) {
-      const now = Date.now();
-      if (now - this.#warnedAt >= WARN_EVERY_MS) {
-        this.#warnedAt = now;
-        o.logger.error(
-          { err: (err as Error).message, store: maskSecrets('store', o.store) },
-          logText.cacheDown,
-        );
-      }
+      // an error, not a warning: until it opens, every client is screened as a new one
+      this.#warn(err, 'open', 'error', { store: maskSecrets('store', o.store) });
       return false;
     }
     if (this.#closed) {
@@ -102,11 +96,12 @@ export class PassCache {
     return this.#store?.kind ?? 'none';
   }
 
-  #warn(err: unknown, what: string): void {
+  /** The store failed: logged at most once a minute. */
+  #warn(err: unknown, what: string, level: 'warn' | 'error' = 'warn', fields: object = {}): void {
     const now = Date.now();
     if (now - this.#warnedAt < WARN_EVERY_MS) return;
     this.#warnedAt = now;
-    this.#logger.warn({ err: (err as Error).message, what }, logText.cacheDown);
+    this.#logger[level]({ err: (err as Error).message, what, ...fields }, logText.cacheDown);
   }
 
   /** The client's record; undefined when unknown or when the store cannot answer. */
