@@ -253,26 +253,15 @@ export class Queue {
       message = () => messageStream(file, read.bodyOffset);
     }
     const remote = head.rcpt.filter((r) => !this.isLocal(r));
-    // recipients an earlier delivery of this file (before a crash) already gave their copy to
     const doneFile = path.join(this.active, doneName(id));
-    const done = new Set([
-      // those reached by an earlier attempt of this process (whose note may not have been written)
-      ...reached,
-      ...(queued ? [] : (await fsp.readFile(doneFile, 'utf8').catch(() => '')).split('\n').filter(Boolean)),
-    ]);
-    if (done.size)
-      this.o.logger.info({ id, done: [...done] }, 'recovering: these recipients already have their copy');
+    // a message just accepted has no done list yet
+    const { done, note } = await this.#ledger(id, doneFile, reached, !queued);
     const failed = await this.#deliverLocal(
       id,
       head,
       head.rcpt.filter((r) => this.isLocal(r) && !done.has(r)),
       () => (Buffer.isBuffer(message) ? message : message()),
-      // each copy noted once durable, so a crash before the queue file goes does not copy it again;
-      // not fsynced: it holds across a process crash, and after a system crash a duplicate is the cost
-      (rcpt) => {
-        reached.add(rcpt);
-        return fsp.appendFile(doneFile, `${rcpt}\n`).catch(() => undefined);
-      },
+      note,
     );
     if (remote.length || failed.length) {
       const deferredHead: QueueHead = {
@@ -293,6 +282,29 @@ export class Queue {
     // every copy is durable in its Maildir (or in deferred/): the queue file may go without an fsync
     await removeLazily(file);
     await fsp.rm(doneFile, { force: true });
+  }
+
+  /**
+   * Which recipients of a queue file already have their copy: those in its done list (noted before a
+   * crash) and those an earlier attempt of this process reached (`reached`: their note may not have been
+   * written, the disk full); and `note`, which records one more in both. Notes are not fsynced: they
+   * hold across a process crash, and after a system crash a duplicate is the cost.
+   */
+  async #ledger(
+    id: string,
+    doneFile: string,
+    reached: Set<string>,
+    readNotes: boolean,
+  ): Promise<{ done: Set<string>; note: (rcpt: string) => Promise<unknown> }> {
+    const notes = readNotes ? (await fsp.readFile(doneFile, 'utf8').catch(() => '')).split('\n') : [];
+    const done = new Set([...reached, ...notes.filter(Boolean)]);
+    if (done.size)
+      this.o.logger.info({ id, done: [...done] }, 'recovering: these recipients already have their copy');
+    const note = (rcpt: string) => {
+      reached.add(rcpt);
+      return fsp.appendFile(doneFile, `${rcpt}\n`).catch(() => undefined);
+    };
+    return { done, note };
   }
 
   /**
@@ -390,28 +402,16 @@ export class Queue {
     const local = head.rcpt.filter((r) => this.isLocal(r));
     if (!local.length) return false;
     const doneFile = path.join(this.deferred, doneName(name));
-    // also those an earlier retry of this process reached, whose note may not have been written (the
-    // queue's disk full) while the rewrite of the file failed too: as #stranded does for active/
+    // kept until the file is rewritten or gone, as #stranded is for active/
     const reached = this.#retried.get(name) ?? new Set<string>();
     this.#retried.set(name, reached);
-    const done = new Set([
-      ...reached,
-      ...(await fsp.readFile(doneFile, 'utf8').catch(() => '')).split('\n').filter(Boolean),
-    ]);
-    if (done.size)
-      this.o.logger.info(
-        { id: head.id, done: [...done] },
-        'recovering: these recipients already have their copy',
-      );
+    const { done, note } = await this.#ledger(head.id, doneFile, reached, true);
     const failed = await this.#deliverLocal(
       head.id,
       head,
       local.filter((r) => !done.has(r)),
       () => messageStream(file, bodyOffset),
-      (rcpt) => {
-        reached.add(rcpt);
-        return fsp.appendFile(doneFile, `${rcpt}\n`).catch(() => undefined);
-      },
+      note,
     );
     const left = [...failed, ...head.rcpt.filter((r) => !this.isLocal(r))];
     if (!left.length) {
